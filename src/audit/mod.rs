@@ -1,0 +1,15 @@
+//! The audit trail: the record model, secret scrubbing and the durable writer.
+//!
+//! The request path only formats a record into bytes and hands it to the writer task over a
+//! bounded queue; the writer numbers the records (`seq`), writes them in batches and, where
+//! the durability mode asks, fsyncs before acknowledging. Numbering in the writer keeps the
+//! file order and the sequence identical, which the hash chain (a later stage) relies on.
+//! Nothing here ever writes an `Authorization` header, a cookie or a signature.
+
+mod record;
+mod writer;
+
+pub use record::{
+    scrub_query, timestamp, ClientInfo, CompletionRecord, DecisionRecord, RequestInfo,
+};
+pub use writer::{AuditError, AuditSink, AuditWriterHandle};

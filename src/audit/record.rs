@@ -1,0 +1,246 @@
+//! Audit record shapes (DESIGN.md "Audit record") and the scrubbing of secrets from them.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::classify::{Action, Asset};
+use crate::identity::Principal;
+use crate::policy::Decision;
+
+/// Query parameters whose values are secrets: masked before anything is recorded.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "code",
+    "client_secret",
+    "password",
+    "secret",
+    "api_key",
+    "apikey",
+    "key",
+    "sig",
+    "signature",
+    "x-amz-signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "sv",
+    "se",
+    "skoid",
+];
+
+const MASK: &str = "***";
+
+/// Returns the query with the values of secret-bearing parameters masked. The raw query is
+/// never recorded; parameter names are kept so the security team sees what was sent.
+pub fn scrub_query(query: &str) -> Cow<'_, str> {
+    let is_secret = |name: &str| {
+        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        SECRET_PARAMS
+            .iter()
+            .any(|s| decoded.eq_ignore_ascii_case(s))
+            || decoded.to_ascii_lowercase().contains("token")
+            || decoded.to_ascii_lowercase().contains("secret")
+            || decoded.to_ascii_lowercase().contains("password")
+    };
+    let needs = query
+        .split('&')
+        .any(|pair| is_secret(pair.split_once('=').map_or(pair, |(n, _)| n)));
+    if !needs {
+        return Cow::Borrowed(query);
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(MASK);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// RFC 3339 UTC with microseconds: `2026-11-27T05:41:08.123456Z`.
+pub fn timestamp(at: SystemTime) -> String {
+    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let dt =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        d.subsec_micros()
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClientInfo<'a> {
+    pub addr: &'a str,
+    pub cert_subject: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    /// Already scrubbed with `scrub_query`.
+    pub query: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct PrincipalOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    groups: &'a [String],
+    auth: &'static str,
+}
+
+#[derive(Serialize)]
+struct ActionOut {
+    name: &'static str,
+    category: &'static str,
+}
+
+#[derive(Serialize)]
+struct AssetOut<'a> {
+    kind: &'static str,
+    path: &'a str,
+}
+
+#[derive(Serialize)]
+struct DecisionOut<'a> {
+    effect: &'static str,
+    rule: &'static str,
+    reason: &'a str,
+    exception: Option<&'a str>,
+}
+
+/// The `decision` record: written, and acknowledged, before anything goes upstream.
+pub struct DecisionRecord<'a> {
+    pub ts: &'a str,
+    pub gateway: &'a str,
+    pub request_id: &'a str,
+    pub client: ClientInfo<'a>,
+    pub principal: Option<&'a Principal>,
+    pub workspace: Option<&'a str>,
+    pub request: RequestInfo<'a>,
+    pub action: Option<&'a Action>,
+    pub asset: Option<&'a Asset>,
+    pub decision: &'a Decision,
+}
+
+#[derive(Serialize)]
+struct DecisionOutRecord<'a> {
+    ts: &'a str,
+    gateway: &'a str,
+    request_id: &'a str,
+    phase: &'static str,
+    client: &'a ClientInfo<'a>,
+    principal: Option<PrincipalOut<'a>>,
+    workspace: Option<&'a str>,
+    request: &'a RequestInfo<'a>,
+    action: Option<ActionOut>,
+    asset: Option<AssetOut<'a>>,
+    decision: DecisionOut<'a>,
+}
+
+impl DecisionRecord<'_> {
+    /// The record as a JSON object body *without* `seq` (the writer adds it).
+    pub fn to_json(&self) -> Vec<u8> {
+        let out = DecisionOutRecord {
+            ts: self.ts,
+            gateway: self.gateway,
+            request_id: self.request_id,
+            phase: "decision",
+            client: &self.client,
+            principal: self.principal.map(|p| PrincipalOut {
+                id: &p.id,
+                kind: p.kind.as_str(),
+                groups: &p.groups,
+                auth: p.auth.as_str(),
+            }),
+            workspace: self.workspace,
+            request: &self.request,
+            action: self.action.map(|a| ActionOut {
+                name: a.name,
+                category: a.category.as_str(),
+            }),
+            asset: self.asset.map(|a| AssetOut {
+                kind: a.kind.as_str(),
+                path: &a.path,
+            }),
+            decision: DecisionOut {
+                effect: self.decision.effect.as_str(),
+                rule: self.decision.rule,
+                reason: &self.decision.reason,
+                exception: self.decision.exception.as_deref(),
+            },
+        };
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+/// The `completion` record: what happened after the decision.
+#[derive(Debug, Serialize)]
+pub struct CompletionRecord<'a> {
+    pub ts: &'a str,
+    pub gateway: &'a str,
+    pub request_id: &'a str,
+    pub phase: &'static str,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_us: u64,
+    pub upstream_us: Option<u64>,
+    /// Why the exchange ended abnormally (upstream unreachable, client went away …).
+    pub error: Option<&'a str>,
+}
+
+impl CompletionRecord<'_> {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_query_values_are_masked_and_names_kept() {
+        assert_eq!(scrub_query("path=%2Fx&offset=0"), "path=%2Fx&offset=0");
+        assert_eq!(
+            scrub_query("X-Amz-Signature=abc&X-Amz-Security-Token=def&list-type=2"),
+            "X-Amz-Signature=***&X-Amz-Security-Token=***&list-type=2"
+        );
+        assert_eq!(
+            scrub_query("a=1&access_token=eyJhbGciOi&my_token=z"),
+            "a=1&access_token=***&my_token=***"
+        );
+        assert_eq!(scrub_query("%74oken=zzz"), "%74oken=***");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_micros() {
+        let t = UNIX_EPOCH + std::time::Duration::from_micros(1_795_000_000_123_456);
+        let s = timestamp(t);
+        assert!(s.ends_with(".123456Z"), "{s}");
+        assert_eq!(s.len(), "2026-11-18T09:46:40.123456Z".len());
+    }
+}

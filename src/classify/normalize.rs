@@ -1,0 +1,243 @@
+//! Raw request path → one canonical, decoded path that matching and forwarding both use.
+//!
+//! The gateway forwards `NormalizedPath::encoded()`, never the bytes it received, so the path
+//! the classifier judged is the path the upstream serves. Anything with two plausible readings
+//! (an encoded `/`, a backslash, `..` above the root, bytes that are not UTF-8) is refused here
+//! rather than guessed at: this module must never clamp, repair or pass through an ambiguity.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Bytes left literal in a forwarded segment: RFC 3986 unreserved plus the sub-delims and `:@`
+/// that every server reads the same way. `;` stays encoded because some servers cut path
+/// parameters at it, and `%` because a literal one would be decoded a second time.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
+/// A request path reduced to its decoded segments, with dot segments resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NormalizedPath {
+    segments: Vec<String>,
+    decoded: String,
+    trailing_slash: bool,
+}
+
+/// Why a path was refused. Messages reach clients in a 400, so they never echo the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The path does not start with `/`.
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    BadPercentEncoding,
+    /// `%2F` inside a segment: one server splits on it, another does not.
+    EncodedSlash,
+    /// A `\`, literal or encoded: some servers treat it as a separator.
+    Backslash,
+    /// A `..` that would climb above `/`.
+    AboveRoot,
+    /// NUL, another C0 control byte, or DEL, after decoding.
+    ControlByte,
+    /// The decoded bytes are not UTF-8 (including overlong forms such as `%C0%AF`).
+    InvalidUtf8,
+}
+
+/// Normalises `raw`, the request target's path exactly as received (no query).
+///
+/// `;params` are cut before decoding (an encoded `%3B` is data), each segment is
+/// percent-decoded once, empty and `.` segments drop, `..` pops; trailing `/` is remembered
+/// for forwarding but plays no part in matching.
+pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let mut segments: Vec<String> = Vec::with_capacity(rest.matches('/').count() + 1);
+    let mut trailing_slash = false;
+    for raw_segment in rest.split('/') {
+        // Tomcat-style path parameters: servers disagree on whether `..;x` is `..`, so the
+        // parameter is cut before the dot-segment test and never forwarded.
+        let without_params = match raw_segment.find(';') {
+            Some(at) => &raw_segment[..at],
+            None => raw_segment,
+        };
+        let segment = decode_segment(without_params)?;
+        match &*segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                if segments.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = true;
+            }
+            _ => {
+                segments.push(segment.into_owned());
+                trailing_slash = false;
+            }
+        }
+    }
+    let trailing_slash = trailing_slash && !segments.is_empty();
+    let decoded = join_decoded(&segments);
+    Ok(NormalizedPath {
+        segments,
+        decoded,
+        trailing_slash,
+    })
+}
+
+impl NormalizedPath {
+    /// The decoded segments, none empty, none `.` or `..`, none containing `/`.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// The decoded path, `/a/b`, without a trailing slash (`/` for the root). For audit and
+    /// display; what goes upstream is [`NormalizedPath::encoded`].
+    pub fn as_str(&self) -> &str {
+        &self.decoded
+    }
+
+    /// Same as [`NormalizedPath::as_str`].
+    pub fn decoded(&self) -> &str {
+        &self.decoded
+    }
+
+    /// Whether the request ended in `/` (or a final dot segment, as RFC 3986 resolves it).
+    pub fn has_trailing_slash(&self) -> bool {
+        self.trailing_slash
+    }
+
+    /// The canonical percent-encoded form forwarded upstream; normalising it again yields
+    /// this same path.
+    pub fn encoded(&self) -> String {
+        if self.segments.is_empty() {
+            return String::from("/");
+        }
+        let mut out = String::with_capacity(self.decoded.len() + 8);
+        for segment in &self.segments {
+            out.push('/');
+            out.extend(utf8_percent_encode(segment, SEGMENT));
+        }
+        if self.trailing_slash {
+            out.push('/');
+        }
+        out
+    }
+}
+
+impl fmt::Display for NormalizedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.decoded)
+    }
+}
+
+impl AsRef<str> for NormalizedPath {
+    fn as_ref(&self) -> &str {
+        &self.decoded
+    }
+}
+
+impl PathError {
+    fn message(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "request path must start with '/'",
+            PathError::BadPercentEncoding => "request path has a malformed percent-encoding",
+            PathError::EncodedSlash => "request path contains an encoded '/'",
+            PathError::Backslash => "request path contains a backslash",
+            PathError::AboveRoot => "request path climbs above the root",
+            PathError::ControlByte => "request path contains a control character",
+            PathError::InvalidUtf8 => "request path is not valid UTF-8 once decoded",
+        }
+    }
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn join_decoded(segments: &[String]) -> String {
+    if segments.is_empty() {
+        return String::from("/");
+    }
+    let len = segments.iter().map(|s| s.len() + 1).sum();
+    let mut out = String::with_capacity(len);
+    for segment in segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    out
+}
+
+/// Checks a byte that will be part of a decoded segment. `encoded` says whether it came from a
+/// `%XX` escape, because only an encoded `/` can reach this point.
+fn check_byte(byte: u8, encoded: bool) -> Result<(), PathError> {
+    match byte {
+        b'/' if encoded => Err(PathError::EncodedSlash),
+        b'\\' => Err(PathError::Backslash),
+        0x00..=0x1F | 0x7F => Err(PathError::ControlByte),
+        _ => Ok(()),
+    }
+}
+
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        for &byte in bytes {
+            check_byte(byte, false)?;
+        }
+        return Ok(Cow::Borrowed(segment));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte == b'%' {
+            let high = bytes.get(at + 1).copied().and_then(hex_value);
+            let low = bytes.get(at + 2).copied().and_then(hex_value);
+            let (Some(high), Some(low)) = (high, low) else {
+                return Err(PathError::BadPercentEncoding);
+            };
+            let decoded = (high << 4) | low;
+            check_byte(decoded, true)?;
+            out.push(decoded);
+            at += 3;
+        } else {
+            check_byte(byte, false)?;
+            out.push(byte);
+            at += 1;
+        }
+    }
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| PathError::InvalidUtf8)
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

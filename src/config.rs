@@ -1,0 +1,909 @@
+//! TOML → validated, immutable `Config`.
+//!
+//! Parsing happens in two steps: each section is deserialised on its own (so one bad section
+//! does not hide errors in the others), then the raw values are checked and turned into domain
+//! types. Every problem is collected and reported at once, each naming the key that is wrong.
+//! This module never opens sockets; it reads only the configuration file itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// One problem in a configuration file, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// How a workspace treats people (principals of type `user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HumansMode {
+    Allow,
+    /// Only members of `human_groups`, only serving-endpoint configuration and its reads.
+    ConfigOnly,
+    Deny,
+}
+
+impl HumansMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HumansMode::Allow => "allow",
+            HumansMode::ConfigOnly => "config-only",
+            HumansMode::Deny => "deny",
+        }
+    }
+}
+
+/// What to do with `/api/…` paths the catalog cannot name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownApi {
+    Deny,
+    Record,
+}
+
+/// When the audit writer acknowledges a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Each record is written and fsynced on its own before the request goes on.
+    Every,
+    /// Records are written and fsynced in batches; each request waits for its batch.
+    Group,
+    /// Records are queued and written in batches; nobody waits, nothing is fsynced.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// A parsed upstream base URL: scheme and authority, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    /// `host[:port]` as written (lower-cased).
+    pub authority: String,
+}
+
+impl Upstream {
+    pub fn scheme_str(&self) -> &'static str {
+        match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub client_ca: Option<PathBuf>,
+    pub admin_listen: SocketAddr,
+    pub gateway_id: String,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url {
+        url: String,
+        refresh: Duration,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub jwks: JwksSource,
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    pub principal_type_claim: String,
+    pub groups_claim: String,
+    pub deny_groups: Vec<String>,
+    pub leeway: Duration,
+    pub token_cache_entries: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkspaceConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub upstream: Upstream,
+    pub upstream_ca: Option<PathBuf>,
+    pub humans: HumansMode,
+    pub human_groups: Vec<String>,
+    pub source_cidrs: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub unknown_api: UnknownApi,
+    pub report_only: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    pub durability: Durability,
+    pub signing_key: Option<PathBuf>,
+    pub queue_capacity: usize,
+}
+
+/// Sections that later stages of the product use (S3, buckets, exceptions, admin, limits).
+/// They are parsed and checked now so a full production file validates today.
+#[derive(Debug, Clone, Default)]
+pub struct LaterSections {
+    pub s3: Option<RawS3>,
+    pub buckets: Vec<RawBucket>,
+    pub exceptions: Option<RawExceptions>,
+    pub admin: Option<RawAdmin>,
+    pub limits: Option<RawLimits>,
+}
+
+/// A validated configuration. Immutable: reload builds a new one and swaps it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    pub workspaces: Vec<WorkspaceConfig>,
+    pub policy: PolicyConfig,
+    pub audit: AuditConfig,
+    pub later: LaterSections,
+    /// Directory the file was read from: relative paths in it are resolved against the
+    /// current directory, like every other tool, but we keep it for messages.
+    pub source: PathBuf,
+}
+
+// ---- raw, as written -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    admin_listen: String,
+    #[serde(default = "default_gateway_id")]
+    gateway_id: String,
+    #[serde(default = "default_connect_ms")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_header_read_ms")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    idle_timeout_ms: u64,
+    #[serde(default = "default_grace_ms")]
+    shutdown_grace_ms: u64,
+}
+
+fn default_gateway_id() -> String {
+    "gw-1".to_owned()
+}
+fn default_connect_ms() -> u64 {
+    5_000
+}
+fn default_header_read_ms() -> u64 {
+    30_000
+}
+fn default_idle_ms() -> u64 {
+    90_000
+}
+fn default_grace_ms() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh_secs: u64,
+    jwks_ca: Option<PathBuf>,
+    #[serde(default)]
+    issuers: Vec<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default = "default_type_claim")]
+    principal_type_claim: String,
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    #[serde(default)]
+    deny_groups: Vec<String>,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    #[serde(default = "default_token_cache")]
+    token_cache_entries: usize,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_type_claim() -> String {
+    "principal_type".to_owned()
+}
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_token_cache() -> usize {
+    100_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    name: String,
+    hosts: Vec<String>,
+    upstream: String,
+    upstream_ca: Option<PathBuf>,
+    humans: String,
+    #[serde(default)]
+    human_groups: Vec<String>,
+    #[serde(default)]
+    source_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default = "default_unknown_api")]
+    unknown_api: String,
+    #[serde(default)]
+    report_only: Vec<String>,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        RawPolicy {
+            unknown_api: default_unknown_api(),
+            report_only: Vec::new(),
+        }
+    }
+}
+
+fn default_unknown_api() -> String {
+    "deny".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    dir: PathBuf,
+    #[serde(default = "default_durability")]
+    durability: String,
+    signing_key: Option<PathBuf>,
+    #[serde(default = "default_queue")]
+    queue_capacity: usize,
+}
+
+fn default_durability() -> String {
+    "group".to_owned()
+}
+fn default_queue() -> usize {
+    65_536
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawS3 {
+    pub hosts: Vec<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub access_key: Vec<RawAccessKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessKey {
+    pub id: String,
+    pub principal: String,
+    pub principal_type: String,
+    pub workspace: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBucket {
+    pub name: String,
+    pub class: String,
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+    pub retention_days: Option<u32>,
+    #[serde(default)]
+    pub readers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExceptions {
+    pub store: String,
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    pub max_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub operator_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub per_principal_rps: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "identity",
+    "workspace",
+    "s3",
+    "bucket",
+    "policy",
+    "audit",
+    "exceptions",
+    "admin",
+    "limits",
+];
+
+/// Rule ids that `[policy] report_only` may name (enforced rules only; transport rules such as
+/// malformed requests can never be put in report mode).
+pub const REPORTABLE_RULES: &[&str] = &[
+    "downloads.blocked",
+    "credentials.blocked",
+    "principal.denied_group",
+    "workspace.humans_denied",
+    "workspace.config_only",
+    "api.unknown",
+];
+
+// ---- loading ---------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates a configuration file, reporting every problem at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the configuration file: {e}"),
+            }])
+        })?;
+        let mut config = Config::parse(&text)?;
+        config.source = path.to_path_buf();
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let mut errors = Errors::default();
+        let table: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    key: "(file)".to_owned(),
+                    message: e.to_string().trim().replace('\n', " "),
+                }]))
+            }
+        };
+        for key in table.keys() {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                errors.push(key, "unknown section");
+            }
+        }
+
+        let server: Option<RawServer> = section(&table, "server", true, &mut errors);
+        let identity: Option<RawIdentity> = section(&table, "identity", true, &mut errors);
+        let workspaces: Vec<RawWorkspace> = array_section(&table, "workspace", &mut errors);
+        let policy: RawPolicy = section(&table, "policy", false, &mut errors).unwrap_or_default();
+        let audit: Option<RawAudit> = section(&table, "audit", true, &mut errors);
+        let later = LaterSections {
+            s3: section(&table, "s3", false, &mut errors),
+            buckets: array_section(&table, "bucket", &mut errors),
+            exceptions: section(&table, "exceptions", false, &mut errors),
+            admin: section(&table, "admin", false, &mut errors),
+            limits: section(&table, "limits", false, &mut errors),
+        };
+
+        let server = server.and_then(|s| check_server(s, &mut errors));
+        let identity = identity.and_then(|i| check_identity(i, &mut errors));
+        let workspaces = check_workspaces(workspaces, &mut errors);
+        let policy = check_policy(policy, &mut errors);
+        let audit = audit.and_then(|a| check_audit(a, &mut errors));
+        check_later(&later, &workspaces, &mut errors);
+
+        match (server, identity, policy, audit) {
+            (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {
+                Ok(Config {
+                    server,
+                    identity,
+                    workspaces,
+                    policy,
+                    audit,
+                    later,
+                    source: PathBuf::new(),
+                })
+            }
+            _ => {
+                if errors.0.is_empty() {
+                    errors.push("(file)", "invalid configuration");
+                }
+                Err(ConfigErrors(errors.0))
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+    required: bool,
+    errors: &mut Errors,
+) -> Option<T> {
+    match table.get(name) {
+        None => {
+            if required {
+                errors.push(name, "missing section");
+            }
+            None
+        }
+        Some(value) => match value.clone().try_into::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(name, clean_serde_message(&e.to_string()));
+                None
+            }
+        },
+    }
+}
+
+fn array_section<T: DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+    errors: &mut Errors,
+) -> Vec<T> {
+    let Some(value) = table.get(name) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        errors.push(name, format!("must be an array of tables: [[{name}]]"));
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.clone().try_into::<T>() {
+            Ok(v) => out.push(v),
+            Err(e) => errors.push(format!("{name}[{i}]"), clean_serde_message(&e.to_string())),
+        }
+    }
+    out
+}
+
+fn clean_serde_message(message: &str) -> String {
+    message.trim().replace('\n', " ")
+}
+
+fn check_server(raw: RawServer, errors: &mut Errors) -> Option<ServerConfig> {
+    let listen = parse_addr(&raw.listen, "server.listen", errors);
+    let admin = parse_addr(&raw.admin_listen, "server.admin_listen", errors);
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (Some(cert), Some(key)) => {
+            must_exist(&cert, "server.tls_cert", errors);
+            must_exist(&key, "server.tls_key", errors);
+            Some(TlsFiles { cert, key })
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push("server.tls_key", "tls_cert is set but tls_key is not");
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("server.tls_cert", "tls_key is set but tls_cert is not");
+            None
+        }
+    };
+    if let Some(ca) = &raw.client_ca {
+        must_exist(ca, "server.client_ca", errors);
+        if tls.is_none() {
+            errors.push(
+                "server.client_ca",
+                "client certificates need TLS: set tls_cert and tls_key",
+            );
+        }
+    }
+    if raw.gateway_id.is_empty()
+        || !raw
+            .gateway_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        errors.push(
+            "server.gateway_id",
+            "must be non-empty letters, digits, '-', '_' or '.'",
+        );
+    }
+    for (key, value) in [
+        ("server.connect_timeout_ms", raw.connect_timeout_ms),
+        ("server.header_read_timeout_ms", raw.header_read_timeout_ms),
+        ("server.idle_timeout_ms", raw.idle_timeout_ms),
+    ] {
+        if value == 0 {
+            errors.push(key, "must be greater than 0");
+        }
+    }
+    Some(ServerConfig {
+        listen: listen?,
+        tls,
+        client_ca: raw.client_ca,
+        admin_listen: admin?,
+        gateway_id: raw.gateway_id,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
+        header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(raw.idle_timeout_ms),
+        shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+    })
+}
+
+fn check_identity(raw: RawIdentity, errors: &mut Errors) -> Option<IdentityConfig> {
+    let jwks = match (raw.jwks_file, raw.jwks_url) {
+        (Some(file), None) => {
+            must_exist(&file, "identity.jwks_file", errors);
+            Some(JwksSource::File(file))
+        }
+        (None, Some(url)) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                errors.push("identity.jwks_url", "must be an http:// or https:// URL");
+            }
+            if raw.jwks_refresh_secs == 0 {
+                errors.push("identity.jwks_refresh_secs", "must be greater than 0");
+            }
+            if let Some(ca) = &raw.jwks_ca {
+                must_exist(ca, "identity.jwks_ca", errors);
+            }
+            Some(JwksSource::Url {
+                url,
+                refresh: Duration::from_secs(raw.jwks_refresh_secs.max(1)),
+                ca_file: raw.jwks_ca,
+            })
+        }
+        (Some(_), Some(_)) => {
+            errors.push("identity.jwks_url", "set jwks_file or jwks_url, not both");
+            None
+        }
+        (None, None) => {
+            errors.push("identity.jwks_file", "set jwks_file or jwks_url");
+            None
+        }
+    };
+    if raw.issuers.is_empty() {
+        errors.push("identity.issuers", "at least one issuer is required");
+    }
+    if raw.audiences.is_empty() {
+        errors.push("identity.audiences", "at least one audience is required");
+    }
+    if raw.principal_type_claim.is_empty() {
+        errors.push("identity.principal_type_claim", "must not be empty");
+    }
+    if raw.groups_claim.is_empty() {
+        errors.push("identity.groups_claim", "must not be empty");
+    }
+    if raw.leeway_secs > 300 {
+        errors.push("identity.leeway_secs", "at most 300 seconds");
+    }
+    if raw.token_cache_entries == 0 {
+        errors.push("identity.token_cache_entries", "must be greater than 0");
+    }
+    Some(IdentityConfig {
+        jwks: jwks?,
+        issuers: raw.issuers,
+        audiences: raw.audiences,
+        principal_type_claim: raw.principal_type_claim,
+        groups_claim: raw.groups_claim,
+        deny_groups: raw.deny_groups,
+        leeway: Duration::from_secs(raw.leeway_secs),
+        token_cache_entries: raw.token_cache_entries,
+    })
+}
+
+fn check_workspaces(raw: Vec<RawWorkspace>, errors: &mut Errors) -> Vec<WorkspaceConfig> {
+    if raw.is_empty() {
+        errors.push("workspace", "at least one [[workspace]] is required");
+    }
+    let mut names = HashSet::new();
+    let mut hosts: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, w) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("workspace[{i}].{k}");
+        if w.name.is_empty() {
+            errors.push(key("name"), "must not be empty");
+        } else if !names.insert(w.name.clone()) {
+            errors.push(
+                key("name"),
+                format!("duplicate workspace name {:?}", w.name),
+            );
+        }
+        if w.hosts.is_empty() {
+            errors.push(key("hosts"), "at least one host is required");
+        }
+        let mut ws_hosts = Vec::with_capacity(w.hosts.len());
+        for h in &w.hosts {
+            match normalize_host_pattern(h) {
+                Some(h) => {
+                    if let Some(other) = hosts.insert(h.clone(), w.name.clone()) {
+                        errors.push(
+                            key("hosts"),
+                            format!("host {h:?} is already routed to workspace {other:?}"),
+                        );
+                    }
+                    ws_hosts.push(h);
+                }
+                None => errors.push(key("hosts"), format!("{h:?} is not a valid host name")),
+            }
+        }
+        let upstream = parse_upstream(&w.upstream, &key("upstream"), errors);
+        if let Some(ca) = &w.upstream_ca {
+            must_exist(ca, &key("upstream_ca"), errors);
+        }
+        let humans = match w.humans.as_str() {
+            "allow" => Some(HumansMode::Allow),
+            "config-only" => Some(HumansMode::ConfigOnly),
+            "deny" => Some(HumansMode::Deny),
+            other => {
+                errors.push(
+                    key("humans"),
+                    format!("{other:?} is not one of allow, config-only, deny"),
+                );
+                None
+            }
+        };
+        if humans == Some(HumansMode::ConfigOnly) && w.human_groups.is_empty() {
+            errors.push(
+                key("human_groups"),
+                "config-only needs at least one group whose members may make configuration changes",
+            );
+        }
+        let mut cidrs = Vec::new();
+        for c in &w.source_cidrs {
+            match c.parse::<ipnet::IpNet>() {
+                Ok(n) => cidrs.push(n),
+                Err(_) => errors.push(key("source_cidrs"), format!("{c:?} is not a CIDR block")),
+            }
+        }
+        if let (Some(upstream), Some(humans)) = (upstream, humans) {
+            out.push(WorkspaceConfig {
+                name: w.name,
+                hosts: ws_hosts,
+                upstream,
+                upstream_ca: w.upstream_ca,
+                humans,
+                human_groups: w.human_groups,
+                source_cidrs: cidrs,
+            });
+        }
+    }
+    out
+}
+
+fn check_policy(raw: RawPolicy, errors: &mut Errors) -> Option<PolicyConfig> {
+    let unknown_api = match raw.unknown_api.as_str() {
+        "deny" => Some(UnknownApi::Deny),
+        "record" => Some(UnknownApi::Record),
+        other => {
+            errors.push(
+                "policy.unknown_api",
+                format!("{other:?} is not one of deny, record"),
+            );
+            None
+        }
+    };
+    for rule in &raw.report_only {
+        if !REPORTABLE_RULES.contains(&rule.as_str()) {
+            errors.push(
+                "policy.report_only",
+                format!(
+                    "{rule:?} is not a rule id that can be reported only (one of {})",
+                    REPORTABLE_RULES.join(", ")
+                ),
+            );
+        }
+    }
+    Some(PolicyConfig {
+        unknown_api: unknown_api?,
+        report_only: raw.report_only,
+    })
+}
+
+fn check_audit(raw: RawAudit, errors: &mut Errors) -> Option<AuditConfig> {
+    let durability = match raw.durability.as_str() {
+        "every" => Some(Durability::Every),
+        "group" => Some(Durability::Group),
+        "none" => Some(Durability::None),
+        other => {
+            errors.push(
+                "audit.durability",
+                format!("{other:?} is not one of every, group, none"),
+            );
+            None
+        }
+    };
+    if raw.dir.as_os_str().is_empty() {
+        errors.push("audit.dir", "must not be empty");
+    }
+    if raw.queue_capacity == 0 {
+        errors.push("audit.queue_capacity", "must be greater than 0");
+    }
+    Some(AuditConfig {
+        dir: raw.dir,
+        durability: durability?,
+        signing_key: raw.signing_key,
+        queue_capacity: raw.queue_capacity,
+    })
+}
+
+fn check_later(later: &LaterSections, workspaces: &[WorkspaceConfig], errors: &mut Errors) {
+    let known: HashSet<&str> = workspaces.iter().map(|w| w.name.as_str()).collect();
+    if let Some(s3) = &later.s3 {
+        parse_upstream(&s3.upstream, "s3.upstream", errors);
+        for (i, k) in s3.access_key.iter().enumerate() {
+            if !matches!(k.principal_type.as_str(), "user" | "service_principal") {
+                errors.push(
+                    format!("s3.access_key[{i}].principal_type"),
+                    "must be user or service_principal",
+                );
+            }
+            if let Some(w) = &k.workspace {
+                if !known.contains(w.as_str()) {
+                    errors.push(
+                        format!("s3.access_key[{i}].workspace"),
+                        format!("no [[workspace]] is named {w:?}"),
+                    );
+                }
+            }
+        }
+    }
+    for (i, b) in later.buckets.iter().enumerate() {
+        if !matches!(b.class.as_str(), "lab" | "prod-output" | "raw") {
+            errors.push(
+                format!("bucket[{i}].class"),
+                "must be one of lab, prod-output, raw",
+            );
+        }
+        for w in &b.workspaces {
+            if !known.contains(w.as_str()) {
+                errors.push(
+                    format!("bucket[{i}].workspaces"),
+                    format!("no [[workspace]] is named {w:?}"),
+                );
+            }
+        }
+    }
+    if let Some(e) = &later.exceptions {
+        if !(e.store.starts_with("sqlite://") || e.store.starts_with("postgres://")) {
+            errors.push("exceptions.store", "must be a sqlite:// or postgres:// URL");
+        }
+    }
+}
+
+fn parse_addr(value: &str, key: &str, errors: &mut Errors) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(key, format!("{value:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn must_exist(path: &Path, key: &str, errors: &mut Errors) {
+    if !path.exists() {
+        errors.push(key, format!("file {} does not exist", path.display()));
+    }
+}
+
+/// Parses `http://host[:port]` or `https://host[:port]` (an optional trailing `/` is allowed;
+/// any other path is refused so the forwarded path is exactly the classified one).
+fn parse_upstream(value: &str, key: &str, errors: &mut Errors) -> Option<Upstream> {
+    let (scheme, rest) = if let Some(rest) = value.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = value.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        errors.push(
+            key,
+            format!("{value:?} must start with http:// or https://"),
+        );
+        return None;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty()
+        || authority.contains(['/', '?', '#', '@'])
+        || authority.parse::<http::uri::Authority>().is_err()
+    {
+        errors.push(
+            key,
+            format!("{value:?} must be scheme://host[:port] with no path, query or user"),
+        );
+        return None;
+    }
+    Some(Upstream {
+        scheme,
+        authority: authority.to_ascii_lowercase(),
+    })
+}
+
+/// Lower-cases a host name or `*.suffix` pattern and rejects anything else.
+pub fn normalize_host_pattern(host: &str) -> Option<String> {
+    let h = host.trim().to_ascii_lowercase();
+    let bare = h.strip_prefix("*.").unwrap_or(&h);
+    let valid = !bare.is_empty()
+        && bare.len() <= 253
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+        && !bare.starts_with('.')
+        && !bare.ends_with('.');
+    valid.then_some(h)
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

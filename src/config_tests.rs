@@ -1,0 +1,136 @@
+use super::*;
+
+fn base(jwks: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:8443"
+admin_listen = "127.0.0.1:9443"
+
+[identity]
+jwks_file = "{jwks}"
+issuers = ["https://idp.example"]
+audiences = ["gatehouse"]
+
+[[workspace]]
+name = "prod-analytics"
+hosts = ["Analytics.dbx.example"]
+upstream = "https://dbc-1.cloud.databricks.com"
+humans = "allow"
+
+[audit]
+dir = "var/audit"
+"#
+    )
+}
+
+fn jwks_file() -> tempfile::NamedTempFile {
+    tempfile::NamedTempFile::new().unwrap()
+}
+
+#[test]
+fn a_minimal_file_parses_with_defaults() {
+    let jwks = jwks_file();
+    let c = Config::parse(&base(&jwks.path().display().to_string())).unwrap();
+    assert_eq!(c.server.gateway_id, "gw-1");
+    assert!(c.server.tls.is_none());
+    assert_eq!(c.workspaces[0].hosts, vec!["analytics.dbx.example"]);
+    assert_eq!(c.workspaces[0].upstream.scheme, Scheme::Https);
+    assert_eq!(c.policy.unknown_api, UnknownApi::Deny);
+    assert_eq!(c.audit.durability, Durability::Group);
+    assert_eq!(c.identity.principal_type_claim, "principal_type");
+}
+
+#[test]
+fn every_error_is_reported_at_once_naming_its_key() {
+    let jwks = jwks_file();
+    let text = base(&jwks.path().display().to_string())
+        .replace("listen = \"127.0.0.1:8443\"", "listen = \"nowhere\"")
+        .replace("humans = \"allow\"", "humans = \"sometimes\"")
+        .replace(
+            "upstream = \"https://dbc-1.cloud.databricks.com\"",
+            "upstream = \"ftp://x\"",
+        )
+        + "\n[policy]\nunknown_api = \"maybe\"\nreport_only = [\"no.such.rule\"]\n"
+        + "\n[[workspace]]\nname = \"prod-analytics\"\nhosts = [\"analytics.dbx.example\"]\nupstream = \"http://a\"\nhumans = \"config-only\"\n";
+    let errors = Config::parse(&text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    for expected in [
+        "server.listen",
+        "workspace[0].humans",
+        "workspace[0].upstream",
+        "policy.unknown_api",
+        "policy.report_only",
+        "workspace[1].name",
+        "workspace[1].hosts",
+        "workspace[1].human_groups",
+    ] {
+        assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_sections_are_refused() {
+    let jwks = jwks_file();
+    let text = base(&jwks.path().display().to_string())
+        .replace("[audit]\n", "[audit]\nretention = 3\n")
+        + "\n[extra]\nx = 1\n";
+    let errors = Config::parse(&text).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.key == "audit" && e.message.contains("retention")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.key == "extra"), "{errors:?}");
+}
+
+#[test]
+fn tls_needs_both_files_and_jwks_exactly_one_source() {
+    let jwks = jwks_file();
+    let text = base(&jwks.path().display().to_string())
+        .replace("[server]\n", "[server]\ntls_cert = \"/nonexistent.crt\"\n")
+        .replace(
+            "[identity]\n",
+            "[identity]\njwks_url = \"https://idp.example/keys\"\n",
+        );
+    let errors = Config::parse(&text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"server.tls_key"), "{keys:?}");
+    assert!(keys.contains(&"identity.jwks_url"), "{keys:?}");
+}
+
+#[test]
+fn the_example_config_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Relative paths are resolved against the project root, as `gatehouse` is run from there.
+    let text = text.replace(
+        "\"config/dev-jwks.json\"",
+        &format!("\"{}/config/dev-jwks.json\"", env!("CARGO_MANIFEST_DIR")),
+    );
+    let text = text
+        .lines()
+        .filter(|l| !l.starts_with("tls_cert") && !l.starts_with("tls_key"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::parse(&text).unwrap();
+    let names: Vec<&str> = c.workspaces.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, vec!["prod-analytics", "prod-parallel", "prod"]);
+    assert_eq!(c.workspaces[1].humans, HumansMode::ConfigOnly);
+    assert_eq!(c.workspaces[2].humans, HumansMode::Deny);
+}
+
+#[test]
+fn host_patterns_are_lower_cased_and_checked() {
+    assert_eq!(
+        normalize_host_pattern("A.Example"),
+        Some("a.example".into())
+    );
+    assert_eq!(
+        normalize_host_pattern("*.s3.example"),
+        Some("*.s3.example".into())
+    );
+    assert_eq!(normalize_host_pattern("a/b"), None);
+    assert_eq!(normalize_host_pattern(""), None);
+}

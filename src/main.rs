@@ -1,0 +1,207 @@
+//! The `gatehouse` command line. Parsing arguments and printing only; the work is in the
+//! library.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use gatehouse::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Data-access gateway for Databricks workspaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print route, classification, principal and decision for a described request; nothing
+    /// is sent.
+    Explain {
+        #[arg(long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+        /// The bearer token the request would carry (omit for an anonymous request).
+        #[arg(long, env = "GATEHOUSE_EXPLAIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// Full URL, e.g. https://analytics.dbx.example/api/2.0/dbfs/read?path=/x
+        #[arg(long)]
+        url: String,
+        /// A file with the request body, for requests whose body is inspected.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Start the gateway on the example configuration in front of a bundled stand-in
+    /// workspace, send allowed and blocked requests, and show the audit trail.
+    Demo {
+        /// Where to put the demo's certificates, keys, configuration and trail.
+        #[arg(long, default_value = "var/demo")]
+        dir: PathBuf,
+        /// The example configuration the demo starts from.
+        #[arg(long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; every error is reported, each naming its key.
+    Check {
+        #[arg(long, default_value = "config/gatehouse.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A development CA with server and client certificates (never for production).
+    Dev {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Extra host names for the server certificate (localhost and 127.0.0.1 are always in).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("gatehouse: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load(&config)?;
+            runtime()?.block_on(gatehouse::proxy::server::serve_until_signal(&config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} workspaces, gateway {}, listen {}{})",
+                    config.display(),
+                    c.workspaces.len(),
+                    c.server.gateway_id,
+                    c.server.listen,
+                    if c.server.tls.is_some() {
+                        ", TLS"
+                    } else {
+                        ", plaintext"
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                eprintln!("{}: {} error(s)", config.display(), errors.0.len());
+                for e in &errors.0 {
+                    eprintln!("  {e}");
+                }
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Explain {
+            config,
+            token,
+            method,
+            url,
+            body,
+            json,
+        } => {
+            let config = load(&config)?;
+            let body = match body {
+                Some(p) => Some(std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?),
+                None => None,
+            };
+            let described = gatehouse::explain::Described {
+                method: &method,
+                url: &url,
+                token: token.as_deref(),
+                body: body.as_deref(),
+            };
+            let text =
+                runtime()?.block_on(gatehouse::explain::explain(&config, &described, json))?;
+            print!("{text}");
+            if json {
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs {
+            command: CertsCommand::Dev { out, hosts },
+        } => {
+            let certs = gatehouse::dev::generate_certs(&hosts, "gatehouse-dev-client")?;
+            for path in certs.write(&out)? {
+                println!("wrote {path}");
+            }
+            println!("development certificates only: never use them in production");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir, config } => {
+            runtime()?.block_on(gatehouse::demo::run(&config, &dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, String> {
+    Config::load(path).map_err(|errors| {
+        let mut s = format!("{}: invalid configuration", path.display());
+        for e in &errors.0 {
+            s.push_str("\n  ");
+            s.push_str(&e.to_string());
+        }
+        s
+    })
+}

@@ -1,0 +1,249 @@
+//! `(Principal, Workspace, Action, Asset, Exceptions) → Decision`, pure.
+//!
+//! No I/O, no locks, no clocks: everything the decision depends on is passed in, so it can be
+//! tested exhaustively, benchmarked alone and explained (`gatehouse explain`). A decision
+//! starts as a deny; only the explicit allow arms at the end change that.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use crate::classify::{Action, Asset, Category};
+use crate::config::{Config, HumansMode, UnknownApi};
+use crate::identity::{Principal, PrincipalKind};
+
+/// A stable rule identifier: the audit record, the log line and the client's error message
+/// all carry the same one.
+pub type RuleId = &'static str;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+    /// A rule in `[policy] report_only` would have denied: recorded, not enforced.
+    WouldDeny,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::WouldDeny => "would_deny",
+        }
+    }
+
+    /// Whether the request goes on to the upstream.
+    pub fn forwards(self) -> bool {
+        !matches!(self, Effect::Deny)
+    }
+}
+
+/// The verdict for one request, with the rule that produced it and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub effect: Effect,
+    pub rule: RuleId,
+    pub reason: Cow<'static, str>,
+    /// The approved exception that turned a deny into an allow.
+    pub exception: Option<String>,
+}
+
+impl Decision {
+    pub fn deny(rule: RuleId, reason: impl Into<Cow<'static, str>>) -> Decision {
+        Decision {
+            effect: Effect::Deny,
+            rule,
+            reason: reason.into(),
+            exception: None,
+        }
+    }
+
+    fn allow(rule: RuleId, reason: impl Into<Cow<'static, str>>) -> Decision {
+        Decision {
+            effect: Effect::Allow,
+            rule,
+            reason: reason.into(),
+            exception: None,
+        }
+    }
+}
+
+/// The workspace a request is routed to, as the policy needs to see it.
+#[derive(Debug, Clone)]
+pub struct WorkspacePolicy {
+    pub name: String,
+    pub humans: HumansMode,
+    pub human_groups: Vec<String>,
+}
+
+/// Time-boxed exceptions approved by CDAO approvers. The live set is a snapshot handed in by
+/// the caller, so looking one up is still pure.
+pub trait Exceptions {
+    /// The id of an approved, unexpired exception covering this request, if any.
+    fn covering(
+        &self,
+        principal: &Principal,
+        workspace: &str,
+        action: &Action,
+        asset: Option<&Asset>,
+    ) -> Option<String>;
+}
+
+/// No exceptions at all (until the exception store exists, and in `explain` without one).
+pub struct NoExceptions;
+
+impl Exceptions for NoExceptions {
+    fn covering(&self, _: &Principal, _: &str, _: &Action, _: Option<&Asset>) -> Option<String> {
+        None
+    }
+}
+
+/// The platform's rules, compiled from configuration.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub deny_groups: Vec<String>,
+    pub unknown_api: UnknownApi,
+    pub report_only: HashSet<String>,
+}
+
+impl Rules {
+    pub fn from_config(config: &Config) -> Rules {
+        Rules {
+            deny_groups: config.identity.deny_groups.clone(),
+            unknown_api: config.policy.unknown_api,
+            report_only: config.policy.report_only.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Decides one request.
+pub fn decide(
+    rules: &Rules,
+    principal: &Principal,
+    workspace: &WorkspacePolicy,
+    action: &Action,
+    asset: Option<&Asset>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    let decision = decide_enforced(rules, principal, workspace, action, asset, exceptions);
+    if decision.effect == Effect::Deny && rules.report_only.contains(decision.rule) {
+        return Decision {
+            effect: Effect::WouldDeny,
+            ..decision
+        };
+    }
+    decision
+}
+
+fn decide_enforced(
+    rules: &Rules,
+    principal: &Principal,
+    workspace: &WorkspacePolicy,
+    action: &Action,
+    asset: Option<&Asset>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    // Clients must be able to discover how to log in before they hold a token.
+    if action.category == Category::Auth {
+        return Decision::allow("auth.discovery", "login and discovery endpoints are open");
+    }
+    if principal.kind == PrincipalKind::Anonymous {
+        return Decision::deny(
+            "identity.missing_token",
+            "this endpoint needs an OAuth access token",
+        );
+    }
+    if principal.in_any_group(&rules.deny_groups) {
+        return Decision::deny(
+            "principal.denied_group",
+            "downstream tenant identities consume published data products through the central catalog only; they have no direct workspace access",
+        );
+    }
+    if principal.kind == PrincipalKind::User {
+        match workspace.humans {
+            HumansMode::Allow => {}
+            HumansMode::Deny => {
+                return Decision::deny(
+                    "workspace.humans_denied",
+                    format!(
+                        "people may not use workspace {}: only service principals act there",
+                        workspace.name
+                    ),
+                )
+            }
+            HumansMode::ConfigOnly => {
+                if !principal.in_any_group(&workspace.human_groups) {
+                    return Decision::deny(
+                        "workspace.config_only",
+                        format!(
+                            "in workspace {} people may only change serving-endpoint configuration, and only members of {}",
+                            workspace.name,
+                            workspace.human_groups.join(", ")
+                        ),
+                    );
+                }
+                if !is_serving_configuration(action) {
+                    return Decision::deny(
+                        "workspace.config_only",
+                        format!(
+                            "in workspace {} people may only change or read serving-endpoint configuration (throttling, canary, traffic splits); {} is not that",
+                            workspace.name, action.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let blocked = match action.category {
+        Category::Download => Some((
+            "downloads.blocked",
+            "downloading data out of the platform is blocked",
+        )),
+        Category::Credentials => Some((
+            "credentials.blocked",
+            "handing out cloud credentials or secret values is blocked",
+        )),
+        _ => None,
+    };
+    if let Some((rule, why)) = blocked {
+        if let Some(id) = exceptions.covering(principal, &workspace.name, action, asset) {
+            return Decision {
+                effect: Effect::Allow,
+                rule: "exception.approved",
+                reason: Cow::Owned(format!("{rule} lifted by approved exception {id}")),
+                exception: Some(id),
+            };
+        }
+        let what = match asset {
+            Some(a) => format!("{} of {}", action.name, a.path),
+            None => action.name.to_owned(),
+        };
+        return Decision::deny(
+            rule,
+            format!("{why}: {what}; a CDAO approver can grant a time-boxed exception"),
+        );
+    }
+    if !action.known {
+        return match rules.unknown_api {
+            UnknownApi::Deny => Decision::deny(
+                "api.unknown",
+                "this API path is not in the gateway's catalog, and unknown APIs are denied",
+            ),
+            UnknownApi::Record => Decision::allow(
+                "api.unknown.recorded",
+                "API path not in the catalog; allowed and recorded (unknown_api = \"record\")",
+            ),
+        };
+    }
+    Decision::allow("default.allow", "allowed by the platform's rules")
+}
+
+/// Serving-endpoint configuration changes and their reads: all that people may do under
+/// `config-only`.
+fn is_serving_configuration(action: &Action) -> bool {
+    action.category == Category::Config || action.name == "serving.config.read"
+}
+
+#[cfg(test)]
+#[path = "policy_tests.rs"]
+mod tests;

@@ -1,0 +1,186 @@
+use super::*;
+use crate::classify::{Action, AssetKind, Category};
+use crate::identity::AuthMethod;
+
+fn person(groups: &[&str]) -> Principal {
+    Principal {
+        id: "alice@bank.example".into(),
+        kind: PrincipalKind::User,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        auth: AuthMethod::Jwt,
+    }
+}
+
+fn service() -> Principal {
+    Principal {
+        id: "sp-aiml-prod".into(),
+        kind: PrincipalKind::ServicePrincipal,
+        groups: vec![],
+        auth: AuthMethod::Jwt,
+    }
+}
+
+fn ws(humans: HumansMode) -> WorkspacePolicy {
+    WorkspacePolicy {
+        name: "w".into(),
+        humans,
+        human_groups: vec!["aiml-release-managers".into()],
+    }
+}
+
+fn rules() -> Rules {
+    Rules {
+        deny_groups: vec!["tenant-martech".into()],
+        unknown_api: UnknownApi::Deny,
+        report_only: HashSet::new(),
+    }
+}
+
+const LIST: Action = Action::new("clusters.list", Category::Metadata);
+const READ: Action = Action::new("dbfs.read", Category::Download);
+const CREDS: Action = Action::new("uc.temporary_credentials", Category::Credentials);
+const CONFIG: Action = Action::new("serving.config.update", Category::Config);
+const CONFIG_READ: Action = Action::new("serving.config.read", Category::Metadata);
+const OIDC: Action = Action::new("auth.oidc", Category::Auth);
+
+fn rule(r: &Rules, p: &Principal, w: &WorkspacePolicy, a: &Action) -> (Effect, &'static str) {
+    let d = decide(r, p, w, a, None, &NoExceptions);
+    (d.effect, d.rule)
+}
+
+#[test]
+fn the_decision_table() {
+    use Effect::{Allow as A, Deny as D};
+    use HumansMode::{Allow, ConfigOnly, Deny};
+    let r = rules();
+    let ds = person(&["data-scientists"]);
+    let rm = person(&["aiml-release-managers"]);
+    let tenant = person(&["tenant-martech"]);
+    let sp = service();
+    let anon = Principal::anonymous();
+    let table: Vec<(&Principal, HumansMode, Action, (Effect, &str))> = vec![
+        (&ds, Allow, LIST, (A, "default.allow")),
+        (&ds, Allow, READ, (D, "downloads.blocked")),
+        (&sp, Allow, READ, (D, "downloads.blocked")),
+        (&sp, Deny, CREDS, (D, "credentials.blocked")),
+        (&ds, Deny, LIST, (D, "workspace.humans_denied")),
+        (&sp, Deny, LIST, (A, "default.allow")),
+        (&ds, ConfigOnly, CONFIG, (D, "workspace.config_only")),
+        (&rm, ConfigOnly, CONFIG, (A, "default.allow")),
+        (&rm, ConfigOnly, CONFIG_READ, (A, "default.allow")),
+        (&rm, ConfigOnly, LIST, (D, "workspace.config_only")),
+        (&rm, ConfigOnly, READ, (D, "workspace.config_only")),
+        (&sp, ConfigOnly, LIST, (A, "default.allow")),
+        (&tenant, Allow, LIST, (D, "principal.denied_group")),
+        (&anon, Allow, LIST, (D, "identity.missing_token")),
+        (&anon, Deny, OIDC, (A, "auth.discovery")),
+        (&ds, Allow, Action::UNKNOWN_API, (D, "api.unknown")),
+    ];
+    for (p, mode, action, expected) in table {
+        assert_eq!(
+            rule(&r, p, &ws(mode), &action),
+            expected,
+            "{} {:?} {}",
+            p.id,
+            mode,
+            action.name
+        );
+    }
+}
+
+#[test]
+fn unknown_apis_can_be_recorded_instead() {
+    let mut r = rules();
+    r.unknown_api = UnknownApi::Record;
+    assert_eq!(
+        rule(&r, &service(), &ws(HumansMode::Allow), &Action::UNKNOWN_API),
+        (Effect::Allow, "api.unknown.recorded")
+    );
+}
+
+#[test]
+fn report_only_rules_become_would_deny() {
+    let mut r = rules();
+    r.report_only.insert("api.unknown".into());
+    assert_eq!(
+        rule(&r, &service(), &ws(HumansMode::Allow), &Action::UNKNOWN_API),
+        (Effect::WouldDeny, "api.unknown")
+    );
+    // Other rules stay enforced.
+    assert_eq!(
+        rule(&r, &service(), &ws(HumansMode::Allow), &READ).0,
+        Effect::Deny
+    );
+}
+
+struct OneException;
+impl Exceptions for OneException {
+    fn covering(
+        &self,
+        p: &Principal,
+        _: &str,
+        a: &Action,
+        asset: Option<&Asset>,
+    ) -> Option<String> {
+        (p.id == "sp-aiml-prod"
+            && a.name == "dbfs.read"
+            && asset.is_some_and(|x| x.path == "dbfs:/ok"))
+        .then(|| "exc-1".to_owned())
+    }
+}
+
+#[test]
+fn an_exception_lifts_only_what_it_covers() {
+    let r = rules();
+    let ok = Asset::new(AssetKind::Dbfs, "dbfs:/ok");
+    let other = Asset::new(AssetKind::Dbfs, "dbfs:/other");
+    let d = decide(
+        &r,
+        &service(),
+        &ws(HumansMode::Allow),
+        &READ,
+        Some(&ok),
+        &OneException,
+    );
+    assert_eq!(
+        (d.effect, d.rule, d.exception.as_deref()),
+        (Effect::Allow, "exception.approved", Some("exc-1"))
+    );
+    let d = decide(
+        &r,
+        &service(),
+        &ws(HumansMode::Allow),
+        &READ,
+        Some(&other),
+        &OneException,
+    );
+    assert_eq!(d.effect, Effect::Deny);
+    // Nor does an exception let a person into production.
+    let d = decide(
+        &r,
+        &person(&[]),
+        &ws(HumansMode::Deny),
+        &READ,
+        Some(&ok),
+        &OneException,
+    );
+    assert_eq!(d.rule, "workspace.humans_denied");
+}
+
+#[test]
+fn denial_reasons_name_the_action_and_asset() {
+    let asset = Asset::new(AssetKind::Dbfs, "dbfs:/tmp/x");
+    let d = decide(
+        &rules(),
+        &service(),
+        &ws(HumansMode::Allow),
+        &READ,
+        Some(&asset),
+        &NoExceptions,
+    );
+    assert!(
+        d.reason.contains("dbfs.read of dbfs:/tmp/x"),
+        "{}",
+        d.reason
+    );
+}

@@ -1,0 +1,199 @@
+//! Streaming bodies that count bytes, and the completion hook that fires exactly once.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::audit::{timestamp, AuditSink, CompletionRecord};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Writes the `completion` record exactly once: explicitly via `finish`, or on drop — which
+/// also covers a client that goes away mid-response and a handler that is cancelled.
+pub struct Completion {
+    sink: Arc<AuditSink>,
+    gateway: Arc<str>,
+    request_id: String,
+    started: Instant,
+    pub status: u16,
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: u64,
+    pub upstream_us: Option<u64>,
+    pub error: Option<&'static str>,
+    done: bool,
+}
+
+impl Completion {
+    pub fn new(
+        sink: Arc<AuditSink>,
+        gateway: Arc<str>,
+        request_id: String,
+        started: Instant,
+    ) -> Completion {
+        Completion {
+            sink,
+            gateway,
+            request_id,
+            started,
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: 0,
+            upstream_us: None,
+            // Until something says otherwise, the exchange did not finish.
+            error: Some("the request ended before a response was sent"),
+            done: false,
+        }
+    }
+
+    fn write(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let ts = timestamp(SystemTime::now());
+        let record = CompletionRecord {
+            ts: &ts,
+            gateway: &self.gateway,
+            request_id: &self.request_id,
+            phase: "completion",
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            upstream_us: self.upstream_us,
+            error: self.error,
+        };
+        self.sink.record_completion(record.to_json());
+    }
+
+    /// Records a response the gateway produced itself.
+    pub fn finish(mut self, status: u16, bytes_out: u64) {
+        self.status = status;
+        self.bytes_out = bytes_out;
+        self.error = None;
+        self.write();
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.write();
+    }
+}
+
+/// Counts the bytes of a request body as they stream upstream.
+pub struct CountingBody<B> {
+    inner: B,
+    counter: Arc<AtomicU64>,
+}
+
+impl<B> CountingBody<B> {
+    pub fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        CountingBody { inner, counter }
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body on its way to the client; owns the completion hook.
+pub struct ResponseBody<B> {
+    inner: B,
+    completion: Completion,
+}
+
+impl<B> ResponseBody<B> {
+    pub fn new(inner: B, mut completion: Completion) -> Self
+    where
+        B: Body,
+    {
+        // hyper may never poll a body that is already complete (HEAD, 204, empty).
+        completion.error = if inner.is_end_stream() {
+            None
+        } else {
+            Some("the client went away before the end of the response")
+        };
+        ResponseBody { inner, completion }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.completion.bytes_out += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.completion.error = Some("the upstream response body failed");
+                this.completion.write();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.completion.error = None;
+                this.completion.write();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

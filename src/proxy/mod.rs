@@ -1,0 +1,725 @@
+//! The data path: one request through route → identify → classify → decide → audit →
+//! forward, and the completion record after it.
+//!
+//! Every exit that does not reach the upstream goes through `Exchange::refuse`, which
+//! records the decision and answers in the client's error format. Nothing is forwarded until
+//! the decision record has been accepted by the audit writer.
+
+pub mod body;
+pub mod headers;
+pub mod respond;
+pub mod server;
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::audit::{scrub_query, timestamp, AuditSink, ClientInfo, DecisionRecord, RequestInfo};
+use crate::classify::body::{inspect, BodyVerdict};
+use crate::classify::{self, Action, Asset, BodyCheck, Classification, NormalizedPath};
+use crate::config::Config;
+use crate::identity::{IdentityError, KeyStore, Principal, Verifier};
+use crate::policy::{self, Decision, Effect, Exceptions, NoExceptions, RuleId, Rules};
+use crate::route::{host_of, Route, RouteTable, Workspace};
+
+use body::{Completion, CountingBody, ProxyBody, ResponseBody};
+use headers::{client_request_id, set_forwarded, strip_hop_by_hop};
+use respond::{refusal_response, Refusal};
+
+/// Bodies the decision depends on are read up to this size; larger ones are refused.
+pub const MAX_INSPECTED_BODY: usize = 1 << 20;
+
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// Everything the data path needs, built once from a `Config`.
+pub struct Gateway {
+    pub gateway_id: Arc<str>,
+    routes: RouteTable,
+    rules: Rules,
+    verifier: Verifier,
+    audit: Arc<AuditSink>,
+    clients: Vec<UpstreamClient>,
+    exceptions: Box<dyn Exceptions + Send + Sync>,
+    request_ids: RequestIds,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyStore>,
+        audit: Arc<AuditSink>,
+    ) -> Result<Gateway, String> {
+        let mut clients = Vec::with_capacity(config.workspaces.len());
+        for w in &config.workspaces {
+            let connector = crate::tls::https_connector(
+                w.upstream_ca.as_deref(),
+                config.server.connect_timeout,
+                true,
+            )
+            .map_err(|e| format!("workspace {}: {e}", w.name))?;
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(config.server.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector);
+            clients.push(client);
+        }
+        Ok(Gateway {
+            gateway_id: Arc::from(config.server.gateway_id.as_str()),
+            routes: RouteTable::from_config(config),
+            rules: Rules::from_config(config),
+            verifier: Verifier::new(config.identity.clone(), keys),
+            audit,
+            clients,
+            exceptions: Box::new(NoExceptions),
+            request_ids: RequestIds::new(),
+        })
+    }
+
+    pub fn audit(&self) -> &Arc<AuditSink> {
+        &self.audit
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// Ready to take traffic: keys loaded and the trail writable.
+    pub fn is_ready(&self) -> bool {
+        self.verifier.keys().is_ready() && self.audit.is_healthy()
+    }
+}
+
+/// What the gateway knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub peer_str: String,
+    pub peer_ip: HeaderValue,
+    pub tls: bool,
+    /// The TLS server name the client asked for, lower-cased.
+    pub sni: Option<String>,
+    pub cert_subject: Option<String>,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool, sni: Option<String>) -> ConnInfo {
+        ConnInfo {
+            peer,
+            peer_str: peer.to_string(),
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            tls,
+            sni: sni.map(|s| s.to_ascii_lowercase()),
+            cert_subject: None,
+        }
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter — unique, cheap, no syscall.
+struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let mut seed = [0u8; 8];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
+        RequestIds {
+            prefix: hex::encode(seed),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n:08x}", self.prefix))
+            .unwrap_or(HeaderValue::from_static("unknown"))
+    }
+}
+
+/// The state of one request as it moves through the pipeline; what the audit record needs.
+struct Exchange<'g> {
+    gw: &'g Gateway,
+    conn: &'g ConnInfo,
+    started: Instant,
+    request_id: HeaderValue,
+    method: Method,
+    host: String,
+    path: String,
+    query: Option<String>,
+    workspace: Option<Arc<Workspace>>,
+    principal: Option<Arc<Principal>>,
+    action: Option<Action>,
+    asset: Option<Asset>,
+}
+
+impl Exchange<'_> {
+    fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// Writes the decision record; an error means the request must not go on.
+    async fn record(&self, decision: &Decision) -> Result<(), crate::audit::AuditError> {
+        let ts = timestamp(SystemTime::now());
+        let record = DecisionRecord {
+            ts: &ts,
+            gateway: &self.gw.gateway_id,
+            request_id: self.request_id_str(),
+            client: ClientInfo {
+                addr: &self.conn.peer_str,
+                cert_subject: self.conn.cert_subject.as_deref(),
+            },
+            principal: self.principal.as_deref(),
+            workspace: self.workspace.as_ref().map(|w| w.name.as_str()),
+            request: RequestInfo {
+                method: self.method.as_str(),
+                host: &self.host,
+                path: &self.path,
+                query: self.query.as_deref(),
+            },
+            action: self.action.as_ref(),
+            asset: self.asset.as_ref(),
+            decision,
+        };
+        self.gw.audit.record_decision(record.to_json()).await
+    }
+
+    fn completion(&self) -> Completion {
+        Completion::new(
+            self.gw.audit.clone(),
+            self.gw.gateway_id.clone(),
+            self.request_id_str().to_owned(),
+            self.started,
+        )
+    }
+
+    /// Records a refusal and answers it. If even the record cannot be written, the answer
+    /// is 503: the trail is the one thing that must not silently miss a request.
+    async fn refuse(
+        &self,
+        refusal: Refusal,
+        rule: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Response<ProxyBody> {
+        let decision = Decision::deny(rule, reason);
+        self.refuse_with(refusal, &decision).await
+    }
+
+    async fn refuse_with(&self, refusal: Refusal, decision: &Decision) -> Response<ProxyBody> {
+        if let Err(e) = self.record(decision).await {
+            return self.unrecordable(e);
+        }
+        log_decision(self, decision);
+        let response = refusal_response(refusal, decision.rule, &decision.reason, &self.request_id);
+        let len = http_body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        self.completion().finish(response.status().as_u16(), len);
+        response
+    }
+
+    fn unrecordable(&self, e: crate::audit::AuditError) -> Response<ProxyBody> {
+        tracing::error!(request_id = self.request_id_str(), error = %e, "request refused: the audit trail cannot take its record");
+        refusal_response(
+            Refusal::Unavailable,
+            "audit.unavailable",
+            "the audit trail cannot record this request right now, so it was not forwarded; retry shortly",
+            &self.request_id,
+        )
+    }
+}
+
+fn log_decision(x: &Exchange<'_>, d: &Decision) {
+    tracing::info!(
+        request_id = x.request_id_str(),
+        principal = x.principal.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
+        workspace = x.workspace.as_ref().map(|w| w.name.as_str()).unwrap_or("-"),
+        method = x.method.as_str(),
+        path = %x.path,
+        action = x.action.map(|a| a.name).unwrap_or("-"),
+        effect = d.effect.as_str(),
+        rule = d.rule,
+        "decision"
+    );
+}
+
+/// Handles one request end to end. Never fails: every error becomes a response.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let request_id = client_request_id(req.headers()).unwrap_or_else(|| gw.request_ids.next());
+    let mut x = Exchange {
+        gw: &gw,
+        conn: &conn,
+        started: Instant::now(),
+        request_id,
+        method: req.method().clone(),
+        host: String::new(),
+        path: String::new(),
+        query: req.uri().query().map(|q| scrub_query(q).into_owned()),
+        workspace: None,
+        principal: None,
+        action: None,
+        asset: None,
+    };
+    let mut response = pipeline(&mut x, req).await;
+    response
+        .headers_mut()
+        .insert("x-request-id", x.request_id.clone());
+    Ok(response)
+}
+
+async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    // The recorded path is bounded; request targets are ASCII, so cutting bytes is safe.
+    let raw_path = req.uri().path();
+    x.path = if raw_path.len() > 2048 && raw_path.is_char_boundary(2048) {
+        format!("{}...", &raw_path[..2048])
+    } else {
+        raw_path.to_owned()
+    };
+    let routed = match route_and_classify(
+        &x.gw.routes,
+        x.conn.sni.as_deref(),
+        &x.method,
+        req.uri(),
+        req.headers(),
+    ) {
+        Ok(r) => r,
+        Err(refused) => {
+            x.host = refused.host;
+            x.workspace = refused.workspace;
+            return x
+                .refuse(refused.refusal, refused.rule, refused.reason)
+                .await;
+        }
+    };
+    let Routed {
+        authority,
+        workspace,
+        normalized,
+        classification,
+    } = routed;
+    x.host = authority;
+    x.workspace = Some(workspace.clone());
+    x.action = Some(classification.action);
+    x.asset = classification.asset.clone();
+
+    // ---- identify ----
+    let principal = if classification.action.category == classify::Category::Auth {
+        Arc::new(Principal::anonymous())
+    } else {
+        match identify(x.gw, req.headers().get(header::AUTHORIZATION)).await {
+            Ok(p) => p,
+            Err(e) => {
+                let refusal = if e == IdentityError::KeysUnavailable {
+                    Refusal::Unavailable
+                } else {
+                    Refusal::Unauthenticated
+                };
+                return x.refuse(refusal, e.rule(), e.to_string()).await;
+            }
+        }
+    };
+    x.principal = Some(principal.clone());
+
+    // ---- bounded body inspection where the decision depends on the body ----
+    let (parts, incoming) = req.into_parts();
+    let body = if classification.body_check == BodyCheck::None {
+        ForwardBody::Stream(incoming)
+    } else {
+        match read_bounded(incoming).await {
+            Ok(bytes) => {
+                match inspect(classification.body_check, &bytes) {
+                    BodyVerdict::Clean => {}
+                    BodyVerdict::Denied { action, why: _ } => x.action = Some(action),
+                    BodyVerdict::Malformed(why) => {
+                        return x
+                            .refuse(
+                                Refusal::BadRequest,
+                                "body.malformed",
+                                format!(
+                                "the request body must be inspected and could not be read: {why}"
+                            ),
+                            )
+                            .await
+                    }
+                }
+                ForwardBody::Buffered(bytes)
+            }
+            Err(BodyReadError::TooLarge) => {
+                return x
+                    .refuse(
+                        Refusal::TooLarge,
+                        "body.too_large",
+                        "the request body must be inspected and is larger than 1 MiB",
+                    )
+                    .await
+            }
+            Err(BodyReadError::Failed) => {
+                return x
+                    .refuse(
+                        Refusal::BadRequest,
+                        "body.malformed",
+                        "the request body could not be read",
+                    )
+                    .await
+            }
+        }
+    };
+
+    // ---- decide ----
+    let action = x.action.unwrap_or(classify::Action::UNKNOWN_API);
+    let decision = policy::decide(
+        &x.gw.rules,
+        &principal,
+        &workspace.policy,
+        &action,
+        x.asset.as_ref(),
+        x.gw.exceptions.as_ref(),
+    );
+    if decision.effect == Effect::Deny {
+        return x.refuse_with(Refusal::Forbidden, &decision).await;
+    }
+
+    // ---- audit, then forward ----
+    if let Err(e) = x.record(&decision).await {
+        return x.unrecordable(e);
+    }
+    log_decision(x, &decision);
+    forward(x, &workspace, normalized.encoded(), parts, body).await
+}
+
+/// A request routed to a workspace and classified.
+pub struct Routed {
+    pub authority: String,
+    pub workspace: Arc<Workspace>,
+    pub normalized: NormalizedPath,
+    pub classification: Classification,
+}
+
+/// Why a request was refused before identity was even looked at.
+pub struct Refused {
+    pub refusal: Refusal,
+    pub rule: RuleId,
+    pub reason: Cow<'static, str>,
+    pub host: String,
+    pub workspace: Option<Arc<Workspace>>,
+}
+
+/// Framing checks, routing and classification: pure, shared by the data path and `explain`.
+/// Refuses what different parsers could read differently (several Host headers, both
+/// Content-Length and Transfer-Encoding, an absolute-form target naming another host, a TLS
+/// name that disagrees with Host) and paths that cannot be normalised unambiguously.
+pub fn route_and_classify(
+    routes: &RouteTable,
+    sni: Option<&str>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Routed, Refused> {
+    let refuse =
+        |refusal, rule, reason: Cow<'static, str>, host: &str, ws: Option<&Arc<Workspace>>| {
+            Refused {
+                refusal,
+                rule,
+                reason,
+                host: host.to_owned(),
+                workspace: ws.cloned(),
+            }
+        };
+    let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request has several Host headers".into(),
+            host_header.unwrap_or(""),
+            None,
+        ));
+    }
+    if headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request has both Content-Length and Transfer-Encoding".into(),
+            host_header.unwrap_or(""),
+            None,
+        ));
+    }
+    let authority = match (uri.authority(), host_header) {
+        (Some(a), Some(h)) => {
+            let same = matches!((host_of(a.as_str()), host_of(h)), (Some(x), Some(y)) if x.eq_ignore_ascii_case(y));
+            if !same {
+                return Err(refuse(
+                    Refusal::BadRequest,
+                    "request.malformed",
+                    "the absolute-form request target names a different host than the Host header"
+                        .into(),
+                    h,
+                    None,
+                ));
+            }
+            a.as_str()
+        }
+        (Some(a), None) => a.as_str(),
+        (None, Some(h)) => h,
+        (None, None) => {
+            return Err(refuse(
+                Refusal::BadRequest,
+                "request.malformed",
+                "the request names no host".into(),
+                "",
+                None,
+            ))
+        }
+    };
+    if let (Some(sni), Some(host)) = (sni, host_of(authority)) {
+        if !sni.eq_ignore_ascii_case(host) {
+            return Err(refuse(
+                Refusal::Misdirected,
+                "request.misdirected",
+                "the TLS server name (SNI) and the Host header name different hosts".into(),
+                authority,
+                None,
+            ));
+        }
+    }
+    let workspace = match routes.route(authority) {
+        Route::Workspace(w) => w,
+        Route::Unknown => {
+            return Err(refuse(
+                Refusal::Forbidden,
+                "route.unknown_host",
+                "this gateway does not route that host; egress is deny-by-default".into(),
+                authority,
+                None,
+            ))
+        }
+    };
+    let normalized = match classify::normalize_path(uri.path()) {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(refuse(
+                Refusal::BadRequest,
+                "request.unnormalisable",
+                format!("the request path is ambiguous and was refused: {e}").into(),
+                authority,
+                Some(&workspace),
+            ))
+        }
+    };
+    let classification = classify::databricks::classify(method, &normalized, uri.query());
+    Ok(Routed {
+        authority: authority.to_owned(),
+        workspace,
+        normalized,
+        classification,
+    })
+}
+
+async fn identify(
+    gw: &Gateway,
+    authorization: Option<&HeaderValue>,
+) -> Result<Arc<Principal>, IdentityError> {
+    let value = authorization.map(|v| v.as_bytes());
+    match gw.verifier.identify(value) {
+        Err(IdentityError::UnknownKey) => {
+            // The provider may have rotated its keys: refresh (rate-limited) and retry once.
+            if gw.verifier.unknown_kid(value).is_some()
+                && gw.verifier.keys().refresh_for_unknown_kid().await
+            {
+                return gw.verifier.identify(value);
+            }
+            Err(IdentityError::UnknownKey)
+        }
+        other => other,
+    }
+}
+
+enum BodyReadError {
+    TooLarge,
+    Failed,
+}
+
+async fn read_bounded(body: Incoming) -> Result<Bytes, BodyReadError> {
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > MAX_INSPECTED_BODY as u64)
+    {
+        return Err(BodyReadError::TooLarge);
+    }
+    match Limited::new(body, MAX_INSPECTED_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyReadError::TooLarge),
+        Err(_) => Err(BodyReadError::Failed),
+    }
+}
+
+/// The request body on its way upstream: streamed, or the bytes we had to inspect.
+enum ForwardBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+fn wants_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+async fn forward(
+    x: &mut Exchange<'_>,
+    workspace: &Workspace,
+    path: String,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+) -> Response<ProxyBody> {
+    let upgrade = wants_upgrade(&parts);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+
+    let mut target = String::with_capacity(path.len() + 64);
+    target.push_str(workspace.upstream.scheme_str());
+    target.push_str("://");
+    target.push_str(&workspace.upstream.authority);
+    target.push_str(&path);
+    if let Some(q) = parts.uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let Ok(uri) = target.parse::<Uri>() else {
+        return x
+            .refuse(
+                Refusal::BadRequest,
+                "request.malformed",
+                "the request target cannot be forwarded",
+            )
+            .await;
+    };
+
+    let completion = x.completion();
+    let body: ProxyBody = match body {
+        ForwardBody::Buffered(bytes) => {
+            completion
+                .bytes_in
+                .store(bytes.len() as u64, Ordering::Relaxed);
+            Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        ForwardBody::Stream(incoming) => {
+            CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
+        }
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    set_forwarded(
+        &mut parts.headers,
+        &x.conn.peer_ip,
+        if x.conn.tls { "https" } else { "http" },
+        &x.host,
+        &x.request_id,
+    );
+    let upstream_req = Request::from_parts(parts, body);
+
+    let client = &x.gw.clients[workspace.client];
+    let sent = Instant::now();
+    let result = client.request(upstream_req).await;
+    let mut completion = completion;
+    completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, error = %e, "upstream request failed");
+            completion.error = Some("the upstream could not be reached or failed");
+            let response = refusal_response(
+                Refusal::BadGateway,
+                "upstream.failed",
+                "the workspace upstream could not be reached",
+                &x.request_id,
+            );
+            completion.status = response.status().as_u16();
+            return response;
+        }
+    };
+    completion.status = response.status().as_u16();
+
+    if let Some(client_upgrade) = client_upgrade {
+        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(
+                client_upgrade,
+                upstream_upgrade,
+                completion,
+            ));
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(
+                parts,
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+        }
+    }
+
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        ResponseBody::new(incoming, completion).boxed_unsync(),
+    )
+}
+
+/// Copies bytes both ways after a WebSocket (or other) upgrade; the completion record is
+/// written when either side closes.
+async fn splice_upgraded(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    mut completion: Completion,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                Ok((to_upstream, to_client)) => {
+                    completion
+                        .bytes_in
+                        .fetch_add(to_upstream, Ordering::Relaxed);
+                    completion.bytes_out = to_client;
+                    completion.error = None;
+                }
+                Err(_) => completion.error = Some("the upgraded connection failed"),
+            }
+        }
+        Err(_) => completion.error = Some("the protocol upgrade did not complete"),
+    }
+}

@@ -1,0 +1,109 @@
+//! Errors turned into responses, in one place, in the client's own error format.
+//!
+//! Databricks clients get `{"error_code": …, "message": …}` so the SDK raises the right
+//! exception at once. Statuses are chosen so clients do not retry a policy denial: a deny is
+//! always 403 (never 408, 429 or 5xx, which the SDK retries for minutes).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::body::ProxyBody;
+
+/// What the gateway answers itself, without the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A policy denial: 403 PERMISSION_DENIED.
+    Forbidden,
+    /// No or bad credentials: 401 UNAUTHENTICATED.
+    Unauthenticated,
+    /// Malformed or ambiguous request: 400.
+    BadRequest,
+    /// The TLS name and the Host disagree: 421.
+    Misdirected,
+    /// A body that must be inspected is too large: 413.
+    TooLarge,
+    /// The gateway cannot record or verify right now: 503 (clients may retry).
+    Unavailable,
+    /// The upstream failed: 502.
+    BadGateway,
+    /// The upstream did not answer in time: 504.
+    GatewayTimeout,
+}
+
+impl Refusal {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::BadGateway => StatusCode::BAD_GATEWAY,
+            Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn error_code(self) -> &'static str {
+        match self {
+            Refusal::Forbidden => "PERMISSION_DENIED",
+            Refusal::Unauthenticated => "UNAUTHENTICATED",
+            Refusal::BadRequest | Refusal::Misdirected => "BAD_REQUEST",
+            Refusal::TooLarge => "RESOURCE_EXHAUSTED",
+            Refusal::Unavailable => "TEMPORARILY_UNAVAILABLE",
+            Refusal::BadGateway | Refusal::GatewayTimeout => "BAD_GATEWAY",
+        }
+    }
+}
+
+/// The Databricks-shaped JSON error body.
+pub fn databricks_body(refusal: Refusal, rule: &str, reason: &str, request_id: &str) -> Bytes {
+    let message = match refusal {
+        Refusal::Forbidden => format!(
+            "Gatehouse denied this request (rule {rule}): {reason}. Request id: {request_id}"
+        ),
+        _ => format!("Gatehouse: {reason} (rule {rule}). Request id: {request_id}"),
+    };
+    let body = serde_json::json!({
+        "error_code": refusal.error_code(),
+        "message": message,
+        "details": [{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": rule,
+            "domain": "gatehouse",
+            "metadata": {"request_id": request_id},
+        }],
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// A complete error response.
+pub fn refusal_response(
+    refusal: Refusal,
+    rule: &str,
+    reason: &str,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
+    let rid = request_id.to_str().unwrap_or("-");
+    let body = databricks_body(refusal, rule, reason, rid);
+    let mut response = Response::new(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = refusal.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-request-id", request_id.clone());
+    if refusal == Refusal::Unauthenticated {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"gatehouse\""),
+        );
+    }
+    response
+}

@@ -1,0 +1,239 @@
+//! Fixtures shared by the demo, the integration tests and the benchmarks: a directory with
+//! development certificates, a token signer and its JWKS, and a configuration for the three
+//! workspaces of the platform in front of given upstreams. Not used by `serve`.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::dev::{generate_certs, write_file, TokenSigner, TokenSpec};
+
+pub const ISSUER: &str = "https://idp.dev.gatehouse";
+pub const AUDIENCE: &str = "gatehouse";
+
+/// Hosts of the three workspaces in the fixture configuration.
+pub const ANALYTICS_HOST: &str = "analytics.dbx.example";
+pub const PARALLEL_HOST: &str = "parallel.dbx.example";
+pub const PROD_HOST: &str = "prod.dbx.example";
+
+/// Options for the fixture configuration.
+#[derive(Debug, Clone)]
+pub struct FixtureOptions {
+    pub tls: bool,
+    pub unknown_api: &'static str,
+    pub durability: &'static str,
+    /// Extra host names routed to prod-analytics (e.g. `localhost`, `127.0.0.1`).
+    pub analytics_aliases: Vec<String>,
+    pub listen: String,
+    pub report_only: Vec<String>,
+}
+
+impl Default for FixtureOptions {
+    fn default() -> Self {
+        FixtureOptions {
+            tls: true,
+            unknown_api: "deny",
+            durability: "group",
+            analytics_aliases: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            listen: "127.0.0.1:0".to_owned(),
+            report_only: Vec::new(),
+        }
+    }
+}
+
+/// A ready-to-run configuration and the material behind it.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub signer: TokenSigner,
+    pub ca_cert: PathBuf,
+    pub audit_dir: PathBuf,
+}
+
+impl Fixture {
+    /// Writes certificates, a JWKS and `gatehouse.toml` into `dir`, all three workspaces
+    /// forwarding to `upstream`.
+    pub fn create(dir: &Path, upstream: &str, options: &FixtureOptions) -> Result<Fixture, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let certs = generate_certs(
+            &[
+                ANALYTICS_HOST.to_owned(),
+                PARALLEL_HOST.to_owned(),
+                PROD_HOST.to_owned(),
+            ],
+            "ci-runner",
+        )?;
+        certs.write(&dir.join("certs"))?;
+        let signer = TokenSigner::generate("dev-key-1")?;
+        let jwks = dir.join("jwks.json");
+        write_file(&jwks, signer.jwks_json().as_bytes(), false)?;
+        let audit_dir = dir.join("audit");
+        let text = config_text(dir, upstream, options);
+        let config_path = dir.join("gatehouse.toml");
+        write_file(&config_path, text.as_bytes(), false)?;
+        let config = Config::load(&config_path).map_err(|e| e.to_string())?;
+        Ok(Fixture {
+            dir: dir.to_path_buf(),
+            config_path,
+            config,
+            signer,
+            ca_cert: dir.join("certs/ca.crt"),
+            audit_dir,
+        })
+    }
+
+    /// A token for a principal of the fixture's identity provider.
+    pub fn token(&self, subject: &str, principal_type: &str, groups: &[&str]) -> String {
+        self.signer.token(&TokenSpec {
+            issuer: ISSUER,
+            audience: AUDIENCE,
+            subject,
+            principal_type,
+            groups,
+            ttl_secs: 3600,
+        })
+    }
+
+    /// Every record in the audit trail, in file order.
+    pub fn trail(&self) -> Vec<serde_json::Value> {
+        read_trail(&self.audit_dir)
+    }
+}
+
+/// Reads every `*.jsonl` file of an audit directory.
+pub fn read_trail(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            out.extend(
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()),
+            );
+        }
+    }
+    out
+}
+
+fn config_text(dir: &Path, upstream: &str, o: &FixtureOptions) -> String {
+    let d = dir.display();
+    let tls = if o.tls {
+        format!("tls_cert = \"{d}/certs/gateway.crt\"\ntls_key = \"{d}/certs/gateway.key\"\n")
+    } else {
+        String::new()
+    };
+    let mut analytics_hosts = vec![format!("\"{ANALYTICS_HOST}\"")];
+    analytics_hosts.extend(o.analytics_aliases.iter().map(|h| format!("\"{h}\"")));
+    let report_only: Vec<String> = o.report_only.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        r#"# Generated test fixture.
+[server]
+listen = "{listen}"
+{tls}admin_listen = "127.0.0.1:0"
+gateway_id = "gw-test"
+shutdown_grace_ms = 5000
+
+[identity]
+jwks_file = "{d}/jwks.json"
+issuers = ["{ISSUER}"]
+audiences = ["{AUDIENCE}"]
+principal_type_claim = "principal_type"
+groups_claim = "groups"
+deny_groups = ["tenant-martech", "tenant-complaints"]
+
+[[workspace]]
+name = "prod-analytics"
+hosts = [{analytics}]
+upstream = "{upstream}"
+humans = "allow"
+
+[[workspace]]
+name = "prod-parallel"
+hosts = ["{PARALLEL_HOST}"]
+upstream = "{upstream}"
+humans = "config-only"
+human_groups = ["aiml-release-managers"]
+
+[[workspace]]
+name = "prod"
+hosts = ["{PROD_HOST}"]
+upstream = "{upstream}"
+humans = "deny"
+
+[policy]
+unknown_api = "{unknown_api}"
+report_only = [{report_only}]
+
+[audit]
+dir = "{d}/audit"
+durability = "{durability}"
+"#,
+        listen = o.listen,
+        analytics = analytics_hosts.join(", "),
+        unknown_api = o.unknown_api,
+        durability = o.durability,
+        report_only = report_only.join(", "),
+    )
+}
+
+/// An HTTPS client that trusts `ca` and resolves every host name to 127.0.0.1, so requests
+/// can name the workspace hosts (SNI and Host) while reaching a local gateway.
+pub fn local_client(
+    ca: &Path,
+    h2_only: bool,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<
+            hyper_util::client::legacy::connect::HttpConnector<LoopbackResolver>,
+        >,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    String,
+> {
+    let mut http =
+        hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(LoopbackResolver);
+    http.enforce_http(false);
+    let tls = crate::tls::client_config(Some(ca))?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if h2_only {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    let mut client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+    client.http2_only(h2_only);
+    Ok(client.build(connector))
+}
+
+/// Resolves every name to 127.0.0.1.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoopbackResolver;
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for LoopbackResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(
+            vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()
+        ))
+    }
+}
