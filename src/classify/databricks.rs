@@ -12,6 +12,8 @@
 //! meaning a parameter can change (`include_value`, `disposition`, `command`): there every
 //! occurrence is checked. The module never reads bodies (`body` does) and never decides.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use super::body::{command_uses_fs, COMMAND_FS, SQL_EXTERNAL_LINKS};
@@ -243,11 +245,11 @@ pub const CATALOG: &[Action] = &[
     AUTH_WELL_KNOWN,
 ];
 
-/// Segments beyond this many are not folded; no route looks that deep, and prefix rules
-/// still see the first ones.
-const MAX_WORDS: usize = 16;
+/// Segments beyond this many are not folded; no exact route is that deep, prefix rules
+/// still see the first ones, and the Genie scan reads the segments themselves.
+const MAX_WORDS: usize = 12;
 /// Longer segments cannot be a route word (the longest is 31 bytes).
-const WORD_CAP: usize = 40;
+const WORD_CAP: usize = 32;
 /// Stands for a segment that cannot be a route word; decoded segments never contain NUL.
 const OPAQUE: &str = "\0";
 
@@ -398,7 +400,8 @@ fn dbfs(req: &Request<'_>) -> Classification {
         ["create" | "add-block" | "close" | "put" | "mkdirs" | "move" | "delete"] => DBFS_WRITE,
         _ => return unknown(req),
     };
-    classified(action, query_param(req.query, "path").map(dbfs_asset))
+    let path = first_param(req.query, "path");
+    classified(action, path.as_deref().map(dbfs_asset))
 }
 
 /// `/api/{version}/fs/…`: the Files API.
@@ -761,6 +764,12 @@ fn fold_words<'b>(
 }
 
 fn fold_word<'b>(seg: &str, buf: &'b mut [u8; WORD_CAP]) -> Option<&'b str> {
+    if seg.is_ascii() {
+        let word = buf.get_mut(..seg.len())?;
+        word.copy_from_slice(seg.as_bytes());
+        word.make_ascii_lowercase();
+        return std::str::from_utf8(word).ok();
+    }
     let mut len = 0;
     for c in seg.chars() {
         *buf.get_mut(len)? = fold_char(c)?;
@@ -819,22 +828,28 @@ fn files_asset(req: &Request<'_>) -> Option<Asset> {
 
 /// A DBFS `path` parameter, with or without the `dbfs:` scheme, recorded as `dbfs:/…`, or as
 /// a Volume path when it points under `/Volumes`.
-fn dbfs_asset(value: String) -> Asset {
+fn dbfs_asset(value: &str) -> Asset {
     let bare = match value.get(..5) {
         Some(scheme) if scheme.eq_ignore_ascii_case("dbfs:") => &value[5..],
-        _ => value.as_str(),
+        _ => value,
     };
     let under_volumes = bare
         .trim_start_matches('/')
         .split('/')
         .next()
         .is_some_and(|first| first.eq_ignore_ascii_case("volumes"));
-    let slash = if bare.starts_with('/') { "" } else { "/" };
-    if under_volumes {
-        Asset::new(AssetKind::Volume, format!("{slash}{bare}"))
+    let (kind, scheme) = if under_volumes {
+        (AssetKind::Volume, "")
     } else {
-        Asset::new(AssetKind::Dbfs, format!("dbfs:{slash}{bare}"))
+        (AssetKind::Dbfs, "dbfs:")
+    };
+    let mut path = String::with_capacity(scheme.len() + 1 + bare.len());
+    path.push_str(scheme);
+    if !bare.starts_with('/') {
+        path.push('/');
     }
+    path.push_str(bare);
+    Asset::new(kind, path)
 }
 
 /// `secrets/get?scope=…&key=…` → `scope/key` (never the value, which this call returns).
@@ -857,9 +872,14 @@ fn secret_asset(req: &Request<'_>) -> Option<Asset> {
 /// safe because the value only labels the asset in the record and never picks the action.
 /// Parameters that can change the action are checked on every occurrence instead.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    first_param(query, name).map(Cow::into_owned)
+}
+
+/// [`query_param`] without the copy when the value needs no decoding.
+fn first_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     form_pairs(query?.as_bytes())
         .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+        .map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -35,7 +35,6 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NormalizedPath {
     segments: Vec<String>,
-    decoded: String,
     trailing_slash: bool,
 }
 
@@ -91,10 +90,8 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
         }
     }
     let trailing_slash = trailing_slash && !segments.is_empty();
-    let decoded = join_decoded(&segments);
     Ok(NormalizedPath {
         segments,
-        decoded,
         trailing_slash,
     })
 }
@@ -105,15 +102,19 @@ impl NormalizedPath {
         &self.segments
     }
 
-    /// The decoded path, `/a/b`, without a trailing slash (`/` for the root). For audit and
-    /// display; what goes upstream is [`NormalizedPath::encoded`].
-    pub fn as_str(&self) -> &str {
-        &self.decoded
-    }
-
-    /// Same as [`NormalizedPath::as_str`].
-    pub fn decoded(&self) -> &str {
-        &self.decoded
+    /// The decoded path, `/a/b`, without a trailing slash (`/` for the root), built on demand
+    /// because the hot path never needs it. For audit and display; what goes upstream is
+    /// [`NormalizedPath::encoded`].
+    pub fn decoded(&self) -> String {
+        if self.segments.is_empty() {
+            return String::from("/");
+        }
+        let mut out = String::with_capacity(self.segments.iter().map(|s| s.len() + 1).sum());
+        for segment in &self.segments {
+            out.push('/');
+            out.push_str(segment);
+        }
+        out
     }
 
     /// Whether the request ended in `/` (or a final dot segment, as RFC 3986 resolves it).
@@ -127,7 +128,7 @@ impl NormalizedPath {
         if self.segments.is_empty() {
             return String::from("/");
         }
-        let mut out = String::with_capacity(self.decoded.len() + 8);
+        let mut out = String::with_capacity(self.segments.iter().map(|s| s.len() + 4).sum());
         for segment in &self.segments {
             out.push('/');
             out.extend(utf8_percent_encode(segment, SEGMENT));
@@ -139,15 +140,17 @@ impl NormalizedPath {
     }
 }
 
+/// Writes the decoded form, as [`NormalizedPath::decoded`] returns it.
 impl fmt::Display for NormalizedPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.decoded)
-    }
-}
-
-impl AsRef<str> for NormalizedPath {
-    fn as_ref(&self) -> &str {
-        &self.decoded
+        if self.segments.is_empty() {
+            return f.write_str("/");
+        }
+        for segment in &self.segments {
+            f.write_str("/")?;
+            f.write_str(segment)?;
+        }
+        Ok(())
     }
 }
 
@@ -172,19 +175,6 @@ impl fmt::Display for PathError {
 }
 
 impl std::error::Error for PathError {}
-
-fn join_decoded(segments: &[String]) -> String {
-    if segments.is_empty() {
-        return String::from("/");
-    }
-    let len = segments.iter().map(|s| s.len() + 1).sum();
-    let mut out = String::with_capacity(len);
-    for segment in segments {
-        out.push('/');
-        out.push_str(segment);
-    }
-    out
-}
 
 /// Checks a byte that will be part of a decoded segment. `encoded` says whether it came from a
 /// `%XX` escape, because only an encoded `/` can reach this point.

@@ -392,17 +392,26 @@ def seen(records: List[Dict[str, Any]]) -> List[str]:
     return [f"{r['method']} {r['path']}" for r in records]
 
 
-def audit_for(gw: Gateway, principal_id: str, until: Callable[[List[Dict[str, Any]]], bool],
+def audit_for(gw: "Gateway", principal_id: str, until: Callable[[List[Dict[str, Any]]], bool],
               timeout: float = AUDIT_WAIT) -> List[Dict[str, Any]]:
     """The trail's records for one principal, polled until `until(records)` holds or the
     timeout passes (then returned as they are, for the assertion to report)."""
     def attempt() -> Any:
-        recs = [r for r in read_audit(gw.audit_dir) if dig(r, "principal.id") == principal_id]
+        recs = records_of(read_audit(gw.audit_dir), principal_id)
         return recs if until(recs) else None
     got = wait_for(attempt, timeout=timeout)
     if got:
         return got
-    return [r for r in read_audit(gw.audit_dir) if dig(r, "principal.id") == principal_id]
+    return records_of(read_audit(gw.audit_dir), principal_id)
+
+
+def records_of(trail: List[Dict[str, Any]], principal_id: str) -> List[Dict[str, Any]]:
+    """One principal's records: its decision records, and the completion records that share a
+    request_id with them (a completion need not repeat the principal)."""
+    ids = {r.get("request_id") for r in trail
+           if r.get("phase") == "decision" and dig(r, "principal.id") == principal_id}
+    return [r for r in trail if dig(r, "principal.id") == principal_id or
+            (r.get("phase") == "completion" and r.get("request_id") in ids)]
 
 
 def summarize(recs: List[Dict[str, Any]]) -> List[str]:

@@ -8,6 +8,7 @@ the denials meaningful: the stand-in would have answered them.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -36,8 +37,9 @@ A_FS_DOWNLOAD_URL = "files.create_download_url"
 A_FS_FILES_GET = "files.download"
 A_WS_EXPORT = "workspace.export"
 A_RUN_OUTPUT = "jobs.runs.get_output"
-A_SQL_EXECUTE = "sql.statements.execute"
-A_COMMAND_EXECUTE = "commands.execute"
+# Inspected requests are named after what their body asks for.
+A_SQL_EXTERNAL_LINKS = "sql.statements.external_links"
+A_COMMAND_FS = "commands.execute_fs"
 
 
 @pytest.fixture
@@ -119,6 +121,9 @@ def test_clusters_list_reaches_upstream_with_forwarding_headers(client, minter: 
     assert dig(d, "principal.type") == "user"
     done = _completion(recs, request_id)
     assert done is not None and done.get("status") == 200, summarize(recs)
+    # The SDK read the whole body: the completion must say so, not report an aborted exchange.
+    assert done.get("bytes_out") == len(json.dumps({"clusters": [CLUSTER]})), done
+    assert not done.get("error"), f"completion of a fully delivered response reports an error: {done.get('error')!r}"
     # Secrets never enter the trail.
     token_in_trail = token in repr(recs)
     assert not token_in_trail, "the bearer token was written to the audit trail"
@@ -184,14 +189,14 @@ BLOCKED: List[Any] = [
                                                         warehouse_id="wh1",
                                                         disposition=Disposition.EXTERNAL_LINKS),
      ["/api/2.0/sql/statements"],
-     [("POST", "/api/2.0/sql/statements", A_SQL_EXECUTE)],
+     [("POST", "/api/2.0/sql/statements", A_SQL_EXTERNAL_LINKS)],
      []),
     ("command_execution.dbutils_fs",
      lambda w: w.command_execution.execute(cluster_id=CLUSTER["cluster_id"], context_id="ctx1",
                                            language=Language.PYTHON,
                                            command="print(dbutils.fs.head('dbfs:/tmp/x.txt'))"),
      ["/api/1.2/commands/execute"],
-     [("POST", "/api/1.2/commands/execute", A_COMMAND_EXECUTE)],
+     [("POST", "/api/1.2/commands/execute", A_COMMAND_FS)],
      []),
 ]
 

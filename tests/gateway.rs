@@ -1,0 +1,638 @@
+//! The real gateway on real sockets: TLS, HTTP/1.1 and h2, in front of the recording
+//! stand-in. Every blocked request is checked to have never reached the upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fixture_rows, Harness};
+use gatehouse::testing::{FixtureOptions, ANALYTICS_HOST, PARALLEL_HOST, PROD_HOST};
+use http::{Method, StatusCode};
+
+fn method(m: &str) -> Method {
+    m.parse().unwrap()
+}
+
+#[tokio::test]
+async fn allowed_requests_reach_the_upstream_with_forwarding_headers() {
+    let h = Harness::start().await;
+    let token = h.alice();
+    for h2 in [false, true] {
+        let r = h
+            .send(
+                h2,
+                Method::GET,
+                ANALYTICS_HOST,
+                "/api/2.1/clusters/list",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "h2={h2}");
+        assert!(r.json()["clusters"].is_array());
+        let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        let seen = h.standin.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last.path, "/api/2.1/clusters/list");
+        assert_eq!(last.headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(last.headers["x-forwarded-proto"], "https");
+        assert!(last.headers["x-forwarded-host"]
+            .to_str()
+            .unwrap()
+            .starts_with(ANALYTICS_HOST));
+        assert_eq!(last.headers["x-request-id"].to_str().unwrap(), rid);
+        // The workspace authenticates the same OAuth token.
+        assert_eq!(
+            last.headers["authorization"].to_str().unwrap(),
+            format!("Bearer {token}")
+        );
+        let records = h.records_for(&rid);
+        assert_eq!(records[0]["phase"], "decision");
+        assert_eq!(records[0]["decision"]["effect"], "allow");
+        assert_eq!(records[0]["principal"]["id"], "alice@bank.example");
+        assert_eq!(records[0]["workspace"], "prod-analytics");
+        let done = h.completion_for(&rid).await;
+        assert_eq!(done["status"], 200);
+        assert!(done["bytes_out"].as_u64().unwrap() > 0);
+        assert!(done["seq"].as_u64() > records[0]["seq"].as_u64());
+    }
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_kept_and_recorded() {
+    let h = Harness::start().await;
+    let raw = format!(
+        "GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {}\r\nx-request-id: client-abc-123\r\nConnection: close\r\n\r\n",
+        h.alice()
+    );
+    let answer = h.raw(ANALYTICS_HOST, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("x-request-id: client-abc-123"));
+    assert_eq!(
+        h.standin.seen()[0].headers["x-request-id"],
+        "client-abc-123"
+    );
+    assert_eq!(h.records_for("client-abc-123")[0]["phase"], "decision");
+}
+
+/// Every download and credentials row of the catalog, over both protocols: 403 in the
+/// Databricks shape, and nothing reaches the stand-in.
+#[tokio::test]
+async fn every_blocked_catalog_row_is_denied_and_never_forwarded() {
+    let h = Harness::start().await;
+    let token = h.service();
+    let rows: Vec<Vec<String>> = fixture_rows("databricks_catalog.tsv")
+        .into_iter()
+        .filter(|r| r.len() >= 4 && (r[3] == "download" || r[3] == "credentials"))
+        .collect();
+    assert!(rows.len() > 50, "catalog fixture too small: {}", rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let h2 = i % 2 == 1;
+        let body = (row[0] == "POST").then(|| b"{}".to_vec());
+        let r = h
+            .send(
+                h2,
+                method(&row[0]),
+                ANALYTICS_HOST,
+                &row[1],
+                Some(&token),
+                body,
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{} {} (h2={h2})",
+            row[0],
+            row[1]
+        );
+        let json = r.json();
+        assert_eq!(json["error_code"], "PERMISSION_DENIED", "{}", row[1]);
+        let message = json["message"].as_str().unwrap();
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        assert!(
+            message.contains(rid),
+            "message names the request id: {message}"
+        );
+        assert!(
+            message.contains("downloads.blocked") || message.contains("credentials.blocked"),
+            "{message}"
+        );
+        let decision = &h.records_for(rid)[0];
+        assert_eq!(decision["action"]["name"], row[2].as_str(), "{}", row[1]);
+        assert_eq!(decision["decision"]["effect"], "deny");
+    }
+    assert!(
+        h.standin.seen().is_empty(),
+        "blocked requests reached the upstream: {:?}",
+        h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+}
+
+/// Path tricks sent as raw bytes (no client library tidies them): refused or denied,
+/// never forwarded.
+#[tokio::test]
+async fn the_bypass_corpus_never_reaches_the_upstream() {
+    let h = Harness::start().await;
+    let token = h.service();
+    let rows = fixture_rows("bypass_corpus.tsv");
+    assert!(rows.len() > 40);
+    for row in &rows {
+        let (m, target, expected) = (&row[0], &row[1], &row[2]);
+        let raw = format!(
+            "{m} {target} HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let answer = h.raw(ANALYTICS_HOST, raw.as_bytes()).await;
+        let status_line = answer.lines().next().unwrap_or("");
+        if expected == "REFUSE" {
+            assert!(
+                status_line.starts_with("HTTP/1.1 400"),
+                "{target}: {status_line}"
+            );
+        } else {
+            assert!(
+                status_line.starts_with("HTTP/1.1 403") || status_line.starts_with("HTTP/1.1 400"),
+                "{target}: {status_line}"
+            );
+        }
+    }
+    assert!(
+        h.standin.seen().is_empty(),
+        "bypass reached the upstream: {:?}",
+        h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn framing_and_routing_tricks_are_refused() {
+    let h = Harness::start().await;
+    let t = h.service();
+    let cases: Vec<(&str, String, &str)> = vec![
+        // SNI names one workspace, Host another.
+        (
+            PARALLEL_HOST,
+            format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"),
+            "HTTP/1.1 421",
+        ),
+        (
+            ANALYTICS_HOST,
+            format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nHost: {PROD_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            ANALYTICS_HOST,
+            format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        (
+            ANALYTICS_HOST,
+            format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        // Absolute-form naming another host than Host.
+        (
+            ANALYTICS_HOST,
+            format!("GET https://{PROD_HOST}/api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
+        // Absolute-form hiding a blocked path.
+        (
+            ANALYTICS_HOST,
+            format!("GET https://{ANALYTICS_HOST}/api/2.0/%64bfs/read?path=/x HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"),
+            "HTTP/1.1 403",
+        ),
+    ];
+    for (sni, raw, expected) in cases {
+        let answer = h.raw(sni, raw.as_bytes()).await;
+        assert!(
+            answer.starts_with(expected),
+            "{}\n=> {}",
+            raw.lines().next().unwrap(),
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    assert!(h.standin.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_host_is_denied_and_audited() {
+    // The certificate covers "localhost", but no workspace routes it here.
+    let h = Harness::with(
+        FixtureOptions {
+            analytics_aliases: vec![],
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let raw = format!(
+        "GET /api/2.1/clusters/list HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        h.service()
+    );
+    let answer = h.raw("localhost", raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("route.unknown_host"));
+    assert_eq!(h.trail()[0]["decision"]["rule"], "route.unknown_host");
+    assert!(h.standin.seen().is_empty());
+}
+
+#[tokio::test]
+async fn identity_failures_are_401_in_databricks_shape_without_echoing_tokens() {
+    let h = Harness::start().await;
+    let pat = "dapi0123456789abcdef0123456789abcdef";
+    let expired = h.fixture.signer.token(&gatehouse::dev::TokenSpec {
+        issuer: gatehouse::testing::ISSUER,
+        audience: gatehouse::testing::AUDIENCE,
+        subject: "alice@bank.example",
+        principal_type: "user",
+        groups: &[],
+        ttl_secs: -3600,
+    });
+    for (token, needle) in [
+        (None, "no credentials"),
+        (Some(pat), "OAuth"),
+        (Some(expired.as_str()), "expired"),
+        (Some("a.b.c"), "malformed"),
+    ] {
+        let r = h
+            .send(
+                false,
+                Method::GET,
+                ANALYTICS_HOST,
+                "/api/2.1/clusters/list",
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let json = r.json();
+        assert_eq!(json["error_code"], "UNAUTHENTICATED");
+        let msg = json["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{msg}");
+        if let Some(t) = token {
+            assert!(!msg.contains(t), "the message must not echo the token");
+        }
+    }
+    assert!(h.standin.seen().is_empty());
+    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    assert!(!text.contains(pat) && !text.contains(&expired));
+}
+
+#[tokio::test]
+async fn login_endpoints_pass_without_a_token_and_are_audited() {
+    let h = Harness::start().await;
+    for path in [
+        "/.well-known/databricks-config",
+        "/oidc/.well-known/oauth-authorization-server",
+    ] {
+        let r = h
+            .send(false, Method::GET, ANALYTICS_HOST, path, None, None)
+            .await;
+        assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(h.standin.saw_path(path), "{path}");
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        let d = &h.records_for(rid)[0];
+        assert_eq!(d["principal"]["type"], "anonymous");
+        assert_eq!(d["decision"]["rule"], "auth.discovery");
+    }
+}
+
+#[tokio::test]
+async fn workspace_modes_hold_for_people() {
+    let h = Harness::start().await;
+    let alice = h.alice();
+    let bob = h.token("bob@bank.example", "user", &["aiml-release-managers"]);
+    let sp = h.service();
+    let config = br#"{"served_entities":[],"traffic_config":{"routes":[{"served_model_name":"m","traffic_percentage":10}]}}"#.to_vec();
+    let cases: Vec<(&str, &str, Method, &str, Option<Vec<u8>>, StatusCode)> = vec![
+        (
+            PROD_HOST,
+            &alice,
+            Method::GET,
+            "/api/2.1/clusters/list",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            PROD_HOST,
+            &sp,
+            Method::GET,
+            "/api/2.1/clusters/list",
+            None,
+            StatusCode::OK,
+        ),
+        (
+            PARALLEL_HOST,
+            &alice,
+            Method::PUT,
+            "/api/2.0/serving-endpoints/fraud/config",
+            Some(config.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            PARALLEL_HOST,
+            &bob,
+            Method::PUT,
+            "/api/2.0/serving-endpoints/fraud/config",
+            Some(config.clone()),
+            StatusCode::OK,
+        ),
+        (
+            PARALLEL_HOST,
+            &bob,
+            Method::GET,
+            "/api/2.0/serving-endpoints/fraud",
+            None,
+            StatusCode::OK,
+        ),
+        (
+            PARALLEL_HOST,
+            &bob,
+            Method::GET,
+            "/api/2.1/clusters/list",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            PARALLEL_HOST,
+            &sp,
+            Method::GET,
+            "/api/2.1/clusters/list",
+            None,
+            StatusCode::OK,
+        ),
+    ];
+    for (host, token, m, path, body, expected) in cases {
+        let before = h.standin.seen().len();
+        let r = h.send(true, m.clone(), host, path, Some(token), body).await;
+        assert_eq!(r.status, expected, "{host} {m} {path}");
+        assert_eq!(
+            h.standin.seen().len() > before,
+            expected == StatusCode::OK,
+            "{host} {path}"
+        );
+    }
+    let tenant = h.token("m@bank.example", "user", &["tenant-martech"]);
+    let r = h.get("/api/2.1/clusters/list", &tenant).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("principal.denied_group"));
+}
+
+#[tokio::test]
+async fn unknown_apis_are_denied_by_default_and_recorded_when_configured() {
+    let h = Harness::start().await;
+    let r = h
+        .get("/api/2.0/some-new-api/export-everything", &h.service())
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("api.unknown"));
+    assert!(h.standin.seen().is_empty());
+
+    let h = Harness::with(
+        FixtureOptions {
+            unknown_api: "record",
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let r = h.get("/api/2.0/some-new-api/list", &h.service()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        h.records_for(rid)[0]["decision"]["rule"],
+        "api.unknown.recorded"
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_inspected_where_the_decision_depends_on_them() {
+    let h = Harness::start().await;
+    let t = h.alice();
+    let post = |path: &'static str, body: Vec<u8>| {
+        let h = &h;
+        let t = t.clone();
+        async move {
+            h.send(
+                true,
+                Method::POST,
+                ANALYTICS_HOST,
+                path,
+                Some(&t),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let r = post(
+        "/api/2.0/sql/statements",
+        br#"{"statement":"select 1","warehouse_id":"w","disposition":"EXTERNAL_LINKS"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post(
+        "/api/2.0/sql/statements",
+        br#"{"disposition":"INLINE","disposition":"external_links"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "duplicate keys must not hide EXTERNAL_LINKS"
+    );
+    let r = post(
+        "/api/1.2/commands/execute",
+        br#"{"clusterId":"c","contextId":"x","language":"python","command":"%fs ls /"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post("/api/2.0/sql/statements", b"not json".to_vec()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let mut big = br#"{"statement":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', (1 << 20) + 10));
+    big.extend(br#""}"#);
+    let r = post("/api/2.0/sql/statements", big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        h.standin.seen().is_empty(),
+        "nothing inspected-and-denied may be forwarded"
+    );
+
+    let inline = br#"{"statement":"select 1","warehouse_id":"w","disposition":"INLINE"}"#.to_vec();
+    let len = inline.len();
+    let r = post("/api/2.0/sql/statements", inline).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        h.standin.seen()[0].body_len,
+        len,
+        "the inspected body is forwarded intact"
+    );
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_and_bytes_are_recorded() {
+    let h = Harness::start().await;
+    let t = h.service();
+    let upload = vec![7u8; 8 << 20];
+    let r = h
+        .send(
+            false,
+            Method::PUT,
+            ANALYTICS_HOST,
+            "/api/2.0/fs/files/Volumes/main/lab/v/model.bin",
+            Some(&t),
+            Some(upload),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["received_bytes"], 8 << 20);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(h.completion_for(rid).await["bytes_in"], 8 << 20);
+
+    let r = h.get("/static/big.bin?bytes=16777216", &t).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 16 << 20);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(h.completion_for(rid).await["bytes_out"], 16 << 20);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_trail() {
+    let h = Harness::start().await;
+    let t = h.service();
+    let r = h
+        .get(
+            "/api/2.1/clusters/list?access_token=SEKRIT-TOKEN&cluster=1",
+            &t,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    h.completion_for(&rid).await;
+    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    assert!(!text.contains("SEKRIT-TOKEN"));
+    assert!(!text.contains(&t));
+    assert!(!text.to_ascii_lowercase().contains("authorization"));
+    assert_eq!(
+        h.records_for(&rid)[0]["request"]["query"],
+        "access_token=***&cluster=1"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_unwritable_trail_refuses_with_503_and_forwards_nothing() {
+    let h = Harness::with(FixtureOptions::default(), |audit_dir| {
+        std::fs::create_dir_all(audit_dir).unwrap();
+        std::os::unix::fs::symlink("/dev/full", audit_dir.join("gw-test.jsonl")).unwrap();
+    })
+    .await;
+    let r = h.get("/api/2.1/clusters/list", &h.service()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["message"].as_str().unwrap().contains("audit"));
+    assert!(h.standin.seen().is_empty());
+    // Readiness reports it.
+    let ready = reqwest_like_get(h.running().admin_addr, "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+}
+
+async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_on_the_admin_listener() {
+    let h = Harness::start().await;
+    let addr = h.running().admin_addr;
+    assert!(reqwest_like_get(addr, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(reqwest_like_get(addr, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_after_the_same_checks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let tls = gatehouse::tls::client_config(Some(&h.fixture.ca_cert)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let upgrade = |token: Option<String>| {
+        format!(
+            "GET /ws/notebook HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{}\r\n",
+            token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
+        )
+    };
+    // Without a token: refused like any request.
+    let answer = h.raw(ANALYTICS_HOST, upgrade(None).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ANALYTICS_HOST).unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(upgrade(Some(h.alice())).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"ping-through-gatehouse").await.unwrap();
+    let mut echoed = vec![0u8; 22];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping-through-gatehouse");
+    assert!(h.standin.saw_path("/ws/notebook"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    use http_body_util::BodyExt;
+    let h = Harness::start().await;
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, false).unwrap();
+    let req = http::Request::get(h.url(ANALYTICS_HOST, "/static/big.bin?bytes=33554432"))
+        .header("authorization", format!("Bearer {}", h.service()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Headers are in; the body is still streaming when shutdown starts.
+    let port = h.port;
+    let stopping = tokio::spawn(async move { h.stop().await });
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), 32 << 20);
+    let h = stopping.await.unwrap();
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
+    // The completion of the in-flight request made it into the trail before exit.
+    assert!(h
+        .trail()
+        .iter()
+        .any(|r| r["phase"] == "completion" && r["bytes_out"] == 32 << 20));
+}
