@@ -191,6 +191,12 @@ async fn framing_and_routing_tricks_are_refused() {
             format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"),
             "HTTP/1.1 400",
         ),
+        // A method override could turn an allowed GET into something else upstream.
+        (
+            ANALYTICS_HOST,
+            format!("GET /api/2.0/dbfs/list?path=/ HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nX-HTTP-Method-Override: DELETE\r\nConnection: close\r\n\r\n"),
+            "HTTP/1.1 400",
+        ),
         // Absolute-form naming another host than Host.
         (
             ANALYTICS_HOST,

@@ -18,7 +18,8 @@ use serde_json::Value;
 use super::text::{eq_folded, fold_char, form_pairs};
 use super::{Action, BodyCheck, Category};
 
-/// `POST …/sql/statements` with `disposition: EXTERNAL_LINKS`: presigned links to results.
+/// `POST …/sql/statements` with `disposition: EXTERNAL_LINKS` (or any value but `INLINE`):
+/// presigned links to results.
 pub const SQL_EXTERNAL_LINKS: Action =
     Action::new("sql.statements.external_links", Category::Download);
 /// `commands/execute` whose code reaches DBFS through `dbutils.fs` or `%fs`.
@@ -75,10 +76,11 @@ fn inspect_statement(body: &[u8]) -> BodyVerdict {
     // wins, so any one asking for links decides.
     for value in dispositions {
         match value {
-            Value::String(s) if eq_folded(s.trim(), "external_links") => {
+            Value::String(s) if !is_inline_disposition(&s) => {
                 return BodyVerdict::Denied {
                     action: SQL_EXTERNAL_LINKS,
-                    why: "disposition EXTERNAL_LINKS returns presigned links to query results",
+                    why: "only disposition INLINE is allowed: EXTERNAL_LINKS returns presigned \
+                          links to query results",
                 };
             }
             Value::String(_) | Value::Null => {}
@@ -86,6 +88,13 @@ fn inspect_statement(body: &[u8]) -> BodyVerdict {
         }
     }
     BodyVerdict::Clean
+}
+
+/// Whether a `disposition` value keeps results inline. Anything else counts as asking for
+/// links: `EXTERNAL_LINKS` today, and any hybrid the API adds later (an
+/// `INLINE_OR_EXTERNAL_LINKS` would hand out links for large results).
+pub fn is_inline_disposition(value: &str) -> bool {
+    eq_folded(value.trim(), "inline")
 }
 
 fn inspect_command(body: &[u8]) -> BodyVerdict {

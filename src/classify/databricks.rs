@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use http::Method;
 
-use super::body::{command_uses_fs, COMMAND_FS, SQL_EXTERNAL_LINKS};
+use super::body::{command_uses_fs, is_inline_disposition, COMMAND_FS, SQL_EXTERNAL_LINKS};
 use super::text::{eq_folded, fold_char, form_pairs};
 use super::{Action, Asset, AssetKind, BodyCheck, Category, Classification, NormalizedPath};
 
@@ -248,8 +248,9 @@ pub const CATALOG: &[Action] = &[
 /// Segments beyond this many are not folded; no exact route is that deep, prefix rules
 /// still see the first ones, and the Genie scan reads the segments themselves.
 const MAX_WORDS: usize = 12;
-/// Longer segments cannot be a route word (the longest is 31 bytes).
-const WORD_CAP: usize = 32;
+/// Longer segments are never route words: the longest matched exactly is 31 bytes, and the
+/// margin lets the credential scans see longer spellings of the same words.
+const WORD_CAP: usize = 48;
 /// Stands for a segment that cannot be a route word; decoded segments never contain NUL.
 const OPAQUE: &str = "\0";
 
@@ -491,7 +492,7 @@ fn sql(req: &Request<'_>) -> Classification {
     match req.words {
         ["statements"] => {
             // Some gateways bind request fields from the query as well as the body.
-            if req.query_any("disposition", |v| eq_folded(v.trim(), "external_links")) {
+            if req.query_any("disposition", |v| !is_inline_disposition(v)) {
                 return Classification::new(SQL_EXTERNAL_LINKS);
             }
             Classification::new(SQL_STATEMENTS_EXECUTE).with_body_check(BodyCheck::SqlStatement)
@@ -534,19 +535,12 @@ fn commands(req: &Request<'_>) -> Classification {
 /// `/api/{version}/mlflow/…`.
 fn mlflow(req: &Request<'_>) -> Classification {
     // Credential and artifact words are blocked wherever they appear under `mlflow/`, so a
-    // new nesting of an old route stays blocked.
+    // new nesting of an old route stays blocked; a blocked word anywhere outranks an upload
+    // word elsewhere in the path.
+    let mut upload_credentials = false;
     for word in req.words {
         if word.contains("temporary-credentials") {
             return Classification::new(MLFLOW_UC_TEMPORARY_CREDENTIALS);
-        }
-        if word.starts_with("credentials-for-") || word.starts_with("presigned-") {
-            let uploads = word.contains("write") || word.contains("upload");
-            let action = match (uploads, word.starts_with("presigned-")) {
-                (true, _) => MLFLOW_ARTIFACTS_UPLOAD_CREDENTIALS,
-                (false, true) => MLFLOW_ARTIFACTS_PRESIGNED_DOWNLOAD_URL,
-                (false, false) => MLFLOW_ARTIFACTS_CREDENTIALS,
-            };
-            return classified(action, mlflow_object(req));
         }
         if matches!(*word, "get-artifact" | "get-trace-artifact") {
             return classified(
@@ -554,6 +548,23 @@ fn mlflow(req: &Request<'_>) -> Classification {
                 req.query_asset("path", AssetKind::Artifact),
             );
         }
+        let presigned = word.starts_with("presigned-");
+        if presigned || word.starts_with("credentials-for-") {
+            let reads = word.contains("read") || word.contains("download");
+            let writes = word.contains("write") || word.contains("upload");
+            if reads || !writes {
+                let action = if presigned {
+                    MLFLOW_ARTIFACTS_PRESIGNED_DOWNLOAD_URL
+                } else {
+                    MLFLOW_ARTIFACTS_CREDENTIALS
+                };
+                return classified(action, mlflow_object(req));
+            }
+            upload_credentials = true;
+        }
+    }
+    if upload_credentials {
+        return classified(MLFLOW_ARTIFACTS_UPLOAD_CREDENTIALS, mlflow_object(req));
     }
     match req.words {
         ["artifacts", "list"] => classified(
@@ -587,11 +598,13 @@ fn mlflow_artifacts(req: &Request<'_>) -> Classification {
 
 /// `/api/{version}/unity-catalog/…`.
 fn unity_catalog(req: &Request<'_>) -> Classification {
+    // `temporary-{table,path,volume,service}-credentials`, and any nesting of the same words.
+    let vends = |word: &&str| word.contains("temporary-") && word.contains("credential");
+    if req.words.iter().any(vends) {
+        return Classification::new(UC_TEMPORARY_CREDENTIALS);
+    }
     let get = req.is(Method::GET);
     match req.words {
-        [first, ..] if first.starts_with("temporary-") => {
-            Classification::new(UC_TEMPORARY_CREDENTIALS)
-        }
         ["public", ..] => Classification::new(SHARING_ACTIVATION),
         ["recipients", ..] => sharing_recipients(req),
         // Adding objects to a share or granting it to a recipient publishes data outside.
@@ -781,10 +794,8 @@ fn fold_word<'b>(seg: &str, buf: &'b mut [u8; WORD_CAP]) -> Option<&'b str> {
 
 /// `2.0`, `2.1`, `1.2`, `3.0`, … : digits with dot-separated digit groups.
 fn is_version(word: &str) -> bool {
-    !word.is_empty()
-        && word
-            .split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    word.split('.')
+        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn major_version(version: &str) -> Option<u32> {

@@ -106,15 +106,7 @@ impl NormalizedPath {
     /// because the hot path never needs it. For audit and display; what goes upstream is
     /// [`NormalizedPath::encoded`].
     pub fn decoded(&self) -> String {
-        if self.segments.is_empty() {
-            return String::from("/");
-        }
-        let mut out = String::with_capacity(self.segments.iter().map(|s| s.len() + 1).sum());
-        for segment in &self.segments {
-            out.push('/');
-            out.push_str(segment);
-        }
-        out
+        self.to_string()
     }
 
     /// Whether the request ended in `/` (or a final dot segment, as RFC 3986 resolves it).

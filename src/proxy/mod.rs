@@ -6,6 +6,7 @@
 //! the decision record has been accepted by the audit writer.
 
 pub mod body;
+pub mod framing;
 pub mod headers;
 pub mod respond;
 pub mod server;
@@ -111,6 +112,8 @@ pub struct ConnInfo {
     /// The TLS server name the client asked for, lower-cased.
     pub sni: Option<String>,
     pub cert_subject: Option<String>,
+    /// Framing conflicts hyper resolved silently (HTTP/1.1 only).
+    pub framing: Arc<framing::FramingFlags>,
 }
 
 impl ConnInfo {
@@ -123,6 +126,7 @@ impl ConnInfo {
             tls,
             sni: sni.map(|s| s.to_ascii_lowercase()),
             cert_subject: None,
+            framing: Arc::default(),
         }
     }
 }
@@ -292,6 +296,22 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
     } else {
         raw_path.to_owned()
     };
+    if x.conn.framing.take_request_conflicted() {
+        if let Some(h) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            x.host = h.to_owned();
+        }
+        return x
+            .refuse(
+                Refusal::BadRequest,
+                "request.malformed",
+                "the request has both Content-Length and Transfer-Encoding, or framing that cannot be read unambiguously",
+            )
+            .await;
+    }
     let routed = match route_and_classify(
         &x.gw.routes,
         x.conn.sni.as_deref(),
@@ -403,6 +423,14 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
     log_decision(x, &decision);
     forward(x, &workspace, normalized.encoded(), parts, body).await
 }
+
+/// Headers some frameworks use to change the method after routing; classification trusts
+/// the request method, so these are refused rather than forwarded.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// A request routed to a workspace and classified.
 pub struct Routed {

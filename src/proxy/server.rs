@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::framing::Watched;
 use super::{handle, ConnInfo, Gateway};
 use crate::audit::{AuditSink, AuditWriterHandle};
 use crate::config::Config;
@@ -174,8 +175,9 @@ async fn data_loop(
                     match tls {
                         None => {
                             let conn = Arc::new(ConnInfo::new(peer, false, None));
+                            let io = Watched::new(stream, conn.framing.clone());
                             let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                             let _ = watcher.watch(c.into_owned()).await;
                         }
                         Some(acceptor) => {
@@ -192,8 +194,10 @@ async fn data_loop(
                                 .and_then(|c| c.first())
                                 .map(|c| crate::tls::certificate_label(c.as_ref()));
                             let conn = Arc::new(info);
+                            // An h2 connection opens with its preface, which switches the watch off.
+                            let io = Watched::new(tls_stream, conn.framing.clone());
                             let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+                            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                             let _ = watcher.watch(c.into_owned()).await;
                         }
                     }

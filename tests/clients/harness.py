@@ -71,6 +71,14 @@ def make_certs(out_dir: Path, hosts: Sequence[str] = (), binary: Optional[Path] 
 # Signing keys and tokens
 # ---------------------------------------------------------------------------------------------
 
+class Secret(str):
+    """A credential. Behaves as the string it holds, but its repr (which pytest prints in
+    assertion messages and fixture values) never shows it."""
+
+    def __repr__(self) -> str:
+        return f"<secret {len(self)} chars>"
+
+
 class TokenMinter:
     """An ES256 and an RS256 signing key, their public JWKS, and tokens signed with them."""
 
@@ -99,7 +107,7 @@ class TokenMinter:
     def mint(self, sub: str = "alice@bank.example", *, principal_type: str = "user",
              groups: Iterable[str] = ("data-science",), alg: str = "ES256", lifetime: int = 600,
              issued_offset: int = -5, issuer: str = ISSUER, audience: str = AUDIENCE,
-             extra: Optional[Dict[str, Any]] = None) -> str:
+             extra: Optional[Dict[str, Any]] = None) -> Secret:
         """A signed token. `issued_offset` shifts iat/nbf from now; a token whose
         `issued_offset + lifetime` is well below zero is expired."""
         now = int(time.time())
@@ -109,16 +117,16 @@ class TokenMinter:
             "jti": uuid.uuid4().hex, "principal_type": principal_type, "groups": list(groups),
         }
         claims.update(extra or {})
-        return jwt.encode(claims, self.keys[alg], algorithm=alg, headers={"kid": self.kids[alg]})
+        return Secret(jwt.encode(claims, self.keys[alg], algorithm=alg, headers={"kid": self.kids[alg]}))
 
-    def expired(self, **kw: Any) -> str:
+    def expired(self, **kw: Any) -> Secret:
         # exp one hour ago: far beyond any clock-skew leeway.
         return self.mint(issued_offset=-7200, lifetime=3600, **kw)
 
 
-def fake_pat() -> str:
+def fake_pat() -> Secret:
     """A personal-access-token-shaped credential (`dapi` + 32 hex)."""
-    return "dapi" + uuid.uuid4().hex
+    return Secret("dapi" + uuid.uuid4().hex)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,10 +205,14 @@ class Gateway:
         if not self.binary.is_file():
             raise HarnessError(f"gateway binary not found: {self.binary} (run `cargo build` or set GATEHOUSE_BIN)")
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(self.binary), "serve", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "serve", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log, env=self.env,
+            )
+        except OSError:
+            self._log.close()
+            raise
         self._reader = threading.Thread(target=self._read_stdout, name="gatehouse-stdout", daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout

@@ -20,11 +20,12 @@ if [[ ! -x "$venv/bin/python" || "$want" != "$have" ]]; then
     echo "$want" > "$stamp"
 fi
 
-export GATEHOUSE_BIN="${GATEHOUSE_BIN:-$root/target/debug/gatehouse}"
+GATEHOUSE_BIN="${GATEHOUSE_BIN:-$root/target/debug/gatehouse}"
+export GATEHOUSE_BIN="$(realpath -m -- "$GATEHOUSE_BIN")"  # relative to the caller's directory
 if [[ ! -x "$GATEHOUSE_BIN" ]]; then
     echo "run.sh: gateway binary $GATEHOUSE_BIN not found; run 'cargo build' first" >&2
     exit 2
 fi
 
 cd "$root"
-exec "$venv/bin/python" -m pytest tests/clients -q -p no:cacheprovider "$@"
+exec "$venv/bin/python" -m pytest tests/clients -q -rs -p no:cacheprovider "$@"

@@ -167,6 +167,11 @@ def test_fs_ls_goes_through_the_gateway(cli_session: Dict[str, Any]) -> None:
     audit = _audit_of(cli_session, "ls", 1)
     allows = [r for r in audit if r.get("phase") == "decision" and dig(r, "decision.effect") == "allow"]
     assert [dig(r, "request.path") for r in allows] == ["/api/2.0/dbfs/list"], summarize(audit)
+    assert allows[0].get("request_id") == request_id, "the upstream saw another request id than the trail"
+    done = [r for r in audit if r.get("phase") == "completion" and r.get("request_id") == request_id]
+    assert len(done) == 1 and done[0].get("status") == 200, summarize(audit)
+    assert not done[0].get("error"), \
+        f"completion of a fully delivered response reports an error: {done[0].get('error')!r}"
 
 
 def test_fs_cp_download_is_denied(cli_session: Dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ fn statement_bodies() {
         r#"{"disp\u006fsition":"EXTERNAL\u005fLINKS"}"#,
         "{\"di\u{017F}position\":\"EXTERNAL_LINKS\"}",
         r#"  {"format":"ARROW_STREAM", "disposition" : "EXTERNAL_LINKS"}  "#,
+        r#"{"disposition":"INLINE_OR_EXTERNAL_LINKS"}"#,
+        r#"{"disposition":""}"#,
     ];
     for body in denied {
         assert!(
@@ -43,6 +45,8 @@ fn statement_bodies() {
         r#"{"statement":"SELECT 1","warehouse_id":"w"}"#,
         r#"{"statement":"SELECT 'EXTERNAL_LINKS'","disposition":"INLINE"}"#,
         r#"{"disposition":null}"#,
+        r#"{"disposition":"inline"}"#,
+        r#"{"disposition":"INLINE","Disposition":"Inline"}"#,
         r#"{"nested":{"disposition":"EXTERNAL_LINKS"}}"#,
         r#"{}"#,
     ];
