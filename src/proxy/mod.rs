@@ -480,6 +480,15 @@ pub fn route_and_classify(
             None,
         ));
     }
+    if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "method-override headers are not accepted: the gateway decides on the request's real method".into(),
+            host_header.unwrap_or(""),
+            None,
+        ));
+    }
     if headers.contains_key(header::CONTENT_LENGTH)
         && headers.contains_key(header::TRANSFER_ENCODING)
     {
