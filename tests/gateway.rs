@@ -54,6 +54,7 @@ async fn allowed_requests_reach_the_upstream_with_forwarding_headers() {
         let done = h.completion_for(&rid).await;
         assert_eq!(done["status"], 200);
         assert!(done["bytes_out"].as_u64().unwrap() > 0);
+        assert!(done["error"].is_null(), "a complete exchange has no error: {done}");
         assert!(done["seq"].as_u64() > records[0]["seq"].as_u64());
     }
 }
@@ -507,7 +508,9 @@ async fn bodies_stream_both_ways_and_bytes_are_recorded() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), 16 << 20);
     let rid = r.headers["x-request-id"].to_str().unwrap();
-    assert_eq!(h.completion_for(rid).await["bytes_out"], 16 << 20);
+    let done = h.completion_for(rid).await;
+    assert_eq!(done["bytes_out"], 16 << 20);
+    assert!(done["error"].is_null(), "{done}");
 }
 
 #[tokio::test]

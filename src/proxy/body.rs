@@ -173,6 +173,11 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.completion.bytes_out += data.len() as u64;
                 }
+                // hyper stops polling a body with a known length once it has it all.
+                if this.inner.is_end_stream() {
+                    this.completion.error = None;
+                    this.completion.write();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
