@@ -46,7 +46,9 @@ impl RouteTable {
                 }
             }
         }
-        table.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         table
     }
 

@@ -54,7 +54,10 @@ async fn allowed_requests_reach_the_upstream_with_forwarding_headers() {
         let done = h.completion_for(&rid).await;
         assert_eq!(done["status"], 200);
         assert!(done["bytes_out"].as_u64().unwrap() > 0);
-        assert!(done["error"].is_null(), "a complete exchange has no error: {done}");
+        assert!(
+            done["error"].is_null(),
+            "a complete exchange has no error: {done}"
+        );
         assert!(done["seq"].as_u64() > records[0]["seq"].as_u64());
     }
 }
@@ -313,7 +316,15 @@ async fn workspace_modes_hold_for_people() {
     let bob = h.token("bob@bank.example", "user", &["aiml-release-managers"]);
     let sp = h.service();
     let config = br#"{"served_entities":[],"traffic_config":{"routes":[{"served_model_name":"m","traffic_percentage":10}]}}"#.to_vec();
-    let cases: Vec<(&str, &str, Method, &str, Option<Vec<u8>>, StatusCode)> = vec![
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Method,
+        &'a str,
+        Option<Vec<u8>>,
+        StatusCode,
+    );
+    let cases: Vec<Case> = vec![
         (
             PROD_HOST,
             &alice,

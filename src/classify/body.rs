@@ -187,7 +187,7 @@ fn is_fs_magic_line(line: &str) -> bool {
         chars.next().and_then(fold_char),
         chars.next().and_then(fold_char),
     );
-    word == (Some(b'f'), Some(b's')) && chars.next().map_or(true, char::is_whitespace)
+    word == (Some(b'f'), Some(b's')) && chars.next().is_none_or(char::is_whitespace)
 }
 
 /// `text` lowercased and folded to ASCII where Python would, with whitespace and backslashes

@@ -407,7 +407,7 @@ fn dbfs(req: &Request<'_>) -> Classification {
 
 /// `/api/{version}/fs/…`: the Files API.
 fn files(req: &Request<'_>, version: &str) -> Classification {
-    if major_version(version).map_or(true, |major| major >= 3) {
+    if major_version(version).is_none_or(|major| major >= 3) {
         return classified(FILES_V3, files_asset(req));
     }
     match req.words {

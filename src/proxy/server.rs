@@ -38,8 +38,7 @@ pub struct Running {
 /// any request is accepted.
 pub async fn start(config: &Config) -> Result<Running, String> {
     let keys = KeyStore::from_source(&config.identity.jwks)?;
-    let mut background = Vec::new();
-    background.push(tokio::spawn(keys.clone().run_refresh()));
+    let background = vec![tokio::spawn(keys.clone().run_refresh())];
 
     let (audit, audit_writer) = AuditSink::open(&config.audit, &config.server.gateway_id)
         .map_err(|e| format!("audit.dir: {e}"))?;
