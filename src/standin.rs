@@ -37,36 +37,71 @@ pub struct StandIn {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
+    tls: bool,
 }
 
 /// The file content the stand-in's DBFS and Files API serve.
 pub const FILE_CONTENT: &[u8] = b"customer_id,balance\n1001,25000.00\n1002,310.50\n";
 
 impl StandIn {
+    /// A plain-HTTP stand-in on 127.0.0.1.
     pub async fn start() -> std::io::Result<StandIn> {
+        StandIn::start_with(None).await
+    }
+
+    /// A stand-in that speaks TLS (h2 and HTTP/1.1) with the given server configuration.
+    pub async fn start_tls(config: rustls::ServerConfig) -> std::io::Result<StandIn> {
+        StandIn::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> std::io::Result<StandIn> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let record = seen.clone();
+        let tls_on = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let record = record.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(record.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Ok(StandIn { addr, seen, task })
+        Ok(StandIn {
+            addr,
+            seen,
+            task,
+            tls: tls_on,
+        })
     }
 
+    /// The base URL; a TLS stand-in is named `localhost` so its certificate verifies.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Everything received so far.

@@ -25,6 +25,10 @@ pub struct FixtureOptions {
     pub analytics_aliases: Vec<String>,
     pub listen: String,
     pub report_only: Vec<String>,
+    /// Fetch keys from this URL (refreshed every second) instead of the fixture's JWKS file.
+    pub jwks_url: Option<String>,
+    /// CA file the gateway trusts for upstream TLS (default: the system roots).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl Default for FixtureOptions {
@@ -36,6 +40,8 @@ impl Default for FixtureOptions {
             analytics_aliases: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             listen: "127.0.0.1:0".to_owned(),
             report_only: Vec::new(),
+            jwks_url: None,
+            upstream_ca: None,
         }
     }
 }
@@ -132,6 +138,15 @@ fn config_text(dir: &Path, upstream: &str, o: &FixtureOptions) -> String {
     let mut analytics_hosts = vec![format!("\"{ANALYTICS_HOST}\"")];
     analytics_hosts.extend(o.analytics_aliases.iter().map(|h| format!("\"{h}\"")));
     let report_only: Vec<String> = o.report_only.iter().map(|r| format!("\"{r}\"")).collect();
+    let jwks = match &o.jwks_url {
+        Some(url) => format!("jwks_url = \"{url}\"\njwks_refresh_secs = 1"),
+        None => format!("jwks_file = \"{d}/jwks.json\""),
+    };
+    let upstream_ca = o
+        .upstream_ca
+        .as_ref()
+        .map(|ca| format!("upstream_ca = \"{}\"\n", ca.display()))
+        .unwrap_or_default();
     format!(
         r#"# Generated test fixture.
 [server]
@@ -141,7 +156,7 @@ gateway_id = "gw-test"
 shutdown_grace_ms = 5000
 
 [identity]
-jwks_file = "{d}/jwks.json"
+{jwks}
 issuers = ["{ISSUER}"]
 audiences = ["{AUDIENCE}"]
 principal_type_claim = "principal_type"
@@ -152,20 +167,20 @@ deny_groups = ["tenant-martech", "tenant-complaints"]
 name = "prod-analytics"
 hosts = [{analytics}]
 upstream = "{upstream}"
-humans = "allow"
+{upstream_ca}humans = "allow"
 
 [[workspace]]
 name = "prod-parallel"
 hosts = ["{PARALLEL_HOST}"]
 upstream = "{upstream}"
-humans = "config-only"
+{upstream_ca}humans = "config-only"
 human_groups = ["aiml-release-managers"]
 
 [[workspace]]
 name = "prod"
 hosts = ["{PROD_HOST}"]
 upstream = "{upstream}"
-humans = "deny"
+{upstream_ca}humans = "deny"
 
 [policy]
 unknown_api = "{unknown_api}"

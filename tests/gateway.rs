@@ -560,33 +560,15 @@ async fn an_unwritable_trail_refuses_with_503_and_forwards_nothing() {
     assert!(r.json()["message"].as_str().unwrap().contains("audit"));
     assert!(h.standin.seen().is_empty());
     // Readiness reports it.
-    let ready = reqwest_like_get(h.running().admin_addr, "/readyz").await;
+    let ready = h.admin_get("/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
-}
-
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]
 async fn health_and_readiness_answer_on_the_admin_listener() {
     let h = Harness::start().await;
-    let addr = h.running().admin_addr;
-    assert!(reqwest_like_get(addr, "/healthz")
-        .await
-        .starts_with("HTTP/1.1 200"));
-    assert!(reqwest_like_get(addr, "/readyz")
-        .await
-        .starts_with("HTTP/1.1 200"));
+    assert!(h.admin_get("/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(h.admin_get("/readyz").await.starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test]

@@ -130,6 +130,19 @@ impl Harness {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// A GET on the admin listener; the raw answer.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.running().admin_addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
     pub fn trail(&self) -> Vec<serde_json::Value> {
         self.fixture.trail()
     }
