@@ -1,0 +1,218 @@
+//! The `gatehouse` binary's commands, run as an operator would.
+
+use std::path::Path;
+use std::process::Command;
+
+fn gatehouse(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("gatehouse runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_accepts_the_example_and_reports_every_error_with_its_key() {
+    // The example as shipped, with development certificates where it expects them.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert_eq!(
+        gatehouse(&["certs", "dev", "--out", certs.to_str().unwrap()]).0,
+        0
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let example = std::fs::read_to_string(Path::new(root).join("config/gatehouse.toml"))
+        .unwrap()
+        .replace("\"certs/", &format!("\"{}/", certs.display()))
+        .replace("\"config/", &format!("\"{root}/config/"));
+    let example_path = dir.path().join("gatehouse.toml");
+    std::fs::write(&example_path, example).unwrap();
+    let (code, out, err) = gatehouse(&[
+        "config",
+        "check",
+        "--config",
+        example_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok (3 workspaces"), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[server]
+listen = "here"
+admin_listen = "127.0.0.1:9443"
+[identity]
+jwks_file = "/nonexistent/jwks.json"
+issuers = []
+audiences = ["gatehouse"]
+[[workspace]]
+name = "prod"
+hosts = ["prod.dbx.example"]
+upstream = "https://dbc-3.cloud.databricks.com/some/path"
+humans = "never"
+[audit]
+dir = "var/audit"
+durability = "sometimes"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = gatehouse(&["config", "check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    for key in [
+        "server.listen",
+        "identity.jwks_file",
+        "identity.issuers",
+        "workspace[0].upstream",
+        "workspace[0].humans",
+        "audit.durability",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+}
+
+#[test]
+fn certs_dev_writes_a_usable_ca_and_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let (code, stdout, err) = gatehouse(&[
+        "certs",
+        "dev",
+        "--out",
+        out.to_str().unwrap(),
+        "--host",
+        "analytics.dbx.example",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("development"));
+    for f in [
+        "ca.crt",
+        "ca.key",
+        "gateway.crt",
+        "gateway.key",
+        "client.crt",
+        "client.key",
+        "clients-ca.crt",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // The server configuration loads them, with client certificates verified against the CA.
+    gatehouse::tls::server_config(
+        &out.join("gateway.crt"),
+        &out.join("gateway.key"),
+        Some(&out.join("clients-ca.crt")),
+    )
+    .expect("usable server config");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("gateway.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+    }
+}
+
+#[test]
+fn explain_prints_the_decision_without_sending_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9: explain must not need the upstream.
+    let fixture = gatehouse::testing::Fixture::create(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &gatehouse::testing::FixtureOptions::default(),
+    )
+    .unwrap();
+    let config = fixture.config_path.to_str().unwrap().to_owned();
+    let alice = fixture.token("alice@bank.example", "user", &["data-scientists"]);
+
+    let (code, out, err) = gatehouse(&[
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        &alice,
+        "--url",
+        "https://analytics.dbx.example/api/2.0/dbfs/read?path=dbfs:/tmp/x",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "prod-analytics",
+        "dbfs.read (download)",
+        "dbfs dbfs:/tmp/x",
+        "alice@bank.example (user",
+        "DENY (rule downloads.blocked)",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+    assert!(!out.contains(&alice), "the token is never printed");
+
+    let (_, out, _) = gatehouse(&[
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        &alice,
+        "--json",
+        "--url",
+        "https://prod.dbx.example/api/2.1/clusters/list",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["decision"]["rule"], "workspace.humans_denied");
+
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"statement":"select 1","disposition":"EXTERNAL_LINKS"}"#,
+    )
+    .unwrap();
+    let (_, out, _) = gatehouse(&[
+        "explain",
+        "--config",
+        &config,
+        "--token",
+        &alice,
+        "--method",
+        "POST",
+        "--body",
+        body.to_str().unwrap(),
+        "--url",
+        "https://analytics.dbx.example/api/2.0/sql/statements",
+    ]);
+    assert!(
+        out.contains("sql.statements.external_links") || out.contains("DENY"),
+        "{out}"
+    );
+    assert!(out.contains("DENY (rule downloads.blocked)"), "{out}");
+
+    let (_, out, _) = gatehouse(&[
+        "explain",
+        "--config",
+        &config,
+        "--url",
+        "https://analytics.dbx.example/api/2.1/clusters/list",
+    ]);
+    assert!(out.contains("identity.missing_token"), "{out}");
+}
+
+#[test]
+fn the_demo_runs_and_every_request_is_handled_as_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("All requests were handled as expected."));
+    assert!(!out.contains("UNEXPECTED"));
+    let trail = gatehouse::testing::read_trail(&demo.join("audit"));
+    assert!(trail
+        .iter()
+        .any(|r| r["decision"]["rule"] == "downloads.blocked"));
+    assert!(Path::new(&demo.join("tokens/alice.jwt")).exists());
+}
