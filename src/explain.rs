@@ -64,7 +64,14 @@ pub async fn explain(
         normalized,
         classification,
         ..
-    } = match route_and_classify(&routes, None, &method, &uri, &headers) {
+    } = match route_and_classify(
+        &routes,
+        None,
+        &method,
+        http::Version::HTTP_11,
+        &uri,
+        &headers,
+    ) {
         Ok(r) => r,
         Err(refused) => {
             out.line(

@@ -103,26 +103,25 @@ impl AuditSink {
     /// Hands over a decision record and, unless durability is `none`, waits until it is in
     /// the file (and fsynced, for `every` and `group`). An error means: do not forward.
     pub async fn record_decision(&self, body: Vec<u8>) -> Result<(), AuditError> {
-        if self.durability == Durability::None {
-            return self
-                .tx
-                .try_send(Entry { body, ack: None })
-                .map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
-                });
+        // With `none` nobody waits for the write, except after a failure: then each request
+        // waits for its own record, so nothing is forwarded unrecorded and the first write
+        // that succeeds again restores the fast path.
+        if self.durability == Durability::None && self.state.healthy.load(Ordering::Acquire) {
+            return self.enqueue(Entry { body, ack: None });
         }
         let (ack, done) = oneshot::channel();
-        self.tx
-            .try_send(Entry {
-                body,
-                ack: Some(ack),
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
-                mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
-            })?;
+        self.enqueue(Entry {
+            body,
+            ack: Some(ack),
+        })?;
         done.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
+    }
+
+    fn enqueue(&self, entry: Entry) -> Result<(), AuditError> {
+        self.tx.try_send(entry).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
+        })
     }
 
     /// Hands over a completion record without waiting. The request has already been
@@ -235,7 +234,7 @@ impl Writer {
             // `{"seq":N,` + the record's own fields.
             self.buf.extend_from_slice(b"{\"seq\":");
             self.buf
-                .extend_from_slice(itoa(first_seq + i as u64).as_bytes());
+                .extend_from_slice((first_seq + i as u64).to_string().as_bytes());
             if entry.body.len() > 2 {
                 self.buf.push(b',');
                 self.buf.extend_from_slice(&entry.body[1..]);
@@ -294,10 +293,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]
@@ -363,6 +358,28 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[1]["seq"], 8);
         assert_eq!(records[1]["b"], 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn without_durability_a_failing_trail_still_refuses_after_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("gw.jsonl")).unwrap();
+        let (sink, _handle) = AuditSink::open(&config(dir.path(), Durability::None), "gw").unwrap();
+        // The first record is queued unawaited and fails in the writer …
+        assert!(sink.record_decision(br#"{"x":1}"#.to_vec()).await.is_ok());
+        for _ in 0..200 {
+            if !sink.is_healthy() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!sink.is_healthy());
+        // … and from then on every request waits for its record and is refused.
+        assert_eq!(
+            sink.record_decision(br#"{"x":2}"#.to_vec()).await,
+            Err(AuditError::WriteFailed)
+        );
     }
 
     #[cfg(target_os = "linux")]

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use sha2::Digest;
 
 use super::IdentityError;
 use crate::config::JwksSource;
@@ -39,6 +40,8 @@ struct Key {
 pub struct KeySet {
     by_kid: HashMap<String, Key>,
     without_kid: Vec<Key>,
+    /// SHA-256 of the document the set came from.
+    fingerprint: [u8; 32],
 }
 
 impl KeySet {
@@ -46,7 +49,10 @@ impl KeySet {
     pub fn from_json(bytes: &[u8]) -> Result<KeySet, String> {
         let set: JwkSet =
             serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut out = KeySet::default();
+        let mut out = KeySet {
+            fingerprint: sha2::Sha256::digest(bytes).into(),
+            ..KeySet::default()
+        };
         for jwk in &set.keys {
             let Some(key) = convert(jwk) else { continue };
             match &jwk.common.key_id {
@@ -219,8 +225,13 @@ impl KeyStore {
     }
 
     pub(crate) fn install(&self, set: KeySet) {
+        // The generation invalidates cached verifications; only a real change should cost
+        // every caller a signature check.
+        let changed = self.current.load().fingerprint != set.fingerprint;
         self.current.store(Arc::new(set));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         self.loaded.store(true, Ordering::Release);
     }
 
@@ -295,16 +306,23 @@ async fn fetch(client: &crate::tls::HttpsClient, url: &str) -> Result<Vec<u8>, S
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+    // One deadline for the whole exchange: a provider that trickles its body must not hold
+    // the refresh (and the unknown-kid lock) for ever.
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("JWKS fetch failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("JWKS fetch answered {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("JWKS body: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .map_err(|_| "JWKS fetch timed out".to_owned())?
-        .map_err(|e| format!("JWKS fetch failed: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("JWKS fetch answered {}", resp.status()));
-    }
-    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("JWKS body: {e}"))?;
-    Ok(body.to_bytes().to_vec())
 }

@@ -237,3 +237,22 @@ fn symmetric_keys_in_a_jwks_are_ignored() {
     let set = KeySet::from_json(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#);
     assert!(set.is_err());
 }
+
+#[test]
+fn refreshing_to_the_same_keys_keeps_cached_verifications() {
+    let signer = TokenSigner::generate("ec-1").unwrap();
+    let doc = signer.jwks_json().to_owned();
+    let store = KeyStore::fixed(KeySet::from_json(doc.as_bytes()).unwrap());
+    let v = Verifier::new(config(), store.clone());
+    let t = bearer(&signer.token(&spec("sp-1", 600)));
+    let a = v.identify(Some(&t)).unwrap();
+    store.install(KeySet::from_json(doc.as_bytes()).unwrap());
+    let b = v.identify(Some(&t)).unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "an unchanged key set must not flush the cache"
+    );
+    let other = TokenSigner::generate("ec-2").unwrap();
+    store.install(KeySet::from_json(other.jwks_json().as_bytes()).unwrap());
+    assert_eq!(v.identify(Some(&t)).unwrap_err(), IdentityError::UnknownKey);
+}

@@ -7,6 +7,9 @@
 //! request framing (heads, fixed-length and chunked bodies) on the bytes hyper reads and
 //! notes the ordinal of the first conflicting request; the handler refuses that request and
 //! every later one on the connection. It never changes a byte.
+//!
+//! Heads are read with httparse, the parser hyper itself uses, so both agree on where a head
+//! ends (bare `\n` line endings included); bodies follow hyper's strict chunked rules.
 
 use std::io;
 use std::pin::Pin;
@@ -16,8 +19,11 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Heads larger than this are not followed (hyper refuses them anyway; see `server.rs`).
+/// Heads larger than this are not followed: the request is refused (fail closed).
 pub const MAX_HEAD: usize = 64 * 1024;
+/// More header lines than this and the request is refused; hyper's own limit is 100.
+const MAX_HEADERS: usize = 128;
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What the watcher found, shared with the handler of each request on the connection.
 #[derive(Debug)]
@@ -113,26 +119,44 @@ impl Tracker {
                         State::ChunkDataEnd(left)
                     };
                 }
-                State::Head | State::ChunkSize | State::Trailers => {
-                    data = self.feed_line_state(data);
-                }
+                State::Head => data = self.feed_head(data),
+                State::ChunkSize | State::Trailers => data = self.feed_line_state(data),
             }
         }
     }
 
-    /// Accumulates the bytes of a head, a chunk-size line or trailers until they end.
-    fn feed_line_state<'d>(&mut self, mut data: &'d [u8]) -> &'d [u8] {
-        if self.state == State::Head && self.line.is_empty() {
-            // Empty lines before a request line are allowed (RFC 9112 §2.2).
-            let skip = data
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count();
-            data = &data[skip..];
-            if data.is_empty() {
-                return data;
+    /// Accumulates a request head until httparse says it is complete.
+    fn feed_head<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        let start = self.line.len();
+        self.line.extend_from_slice(data);
+        // An h2 prior-knowledge connection: its own framing, nothing to follow.
+        let n = self.line.len().min(H2_PREFACE.len());
+        if self.ordinal == 0 && self.line[..n] == H2_PREFACE[..n] {
+            if n == H2_PREFACE.len() {
+                self.state = State::Off;
+            }
+            return &[];
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&self.line) {
+            Ok(httparse::Status::Complete(end)) => {
+                let framing = Framing::of(&request);
+                self.line.clear();
+                self.head(framing);
+                &data[end - start..]
+            }
+            Ok(httparse::Status::Partial) if self.line.len() <= MAX_HEAD => &[],
+            // Too large, too many headers, or unparseable: hyper refuses these too.
+            _ => {
+                self.give_up();
+                &[]
             }
         }
+    }
+
+    /// Accumulates a chunk-size line or the trailer section until it ends.
+    fn feed_line_state<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
         let start = self.line.len();
         let terminator: &[u8] = if self.state == State::ChunkSize {
             b"\r\n"
@@ -160,7 +184,6 @@ impl Tracker {
 
     fn complete(&mut self, block: &[u8]) {
         match self.state {
-            State::Head => self.head(block),
             State::ChunkSize => {
                 let digits: Vec<u8> = block
                     .iter()
@@ -206,38 +229,13 @@ impl Tracker {
         self.line = Vec::new();
     }
 
-    fn head(&mut self, block: &[u8]) {
+    fn head(&mut self, f: Framing) {
         let ordinal = self.ordinal;
         self.ordinal += 1;
-        if block.starts_with(b"PRI * HTTP/2.0") {
-            self.state = State::Off;
-            return;
-        }
-        let mut content_length: Option<u64> = None;
-        let mut has_cl = false;
-        let mut chunked = false;
-        let mut has_te = false;
-        for line in block.split(|&b| b == b'\n').skip(1) {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-            if name.eq_ignore_ascii_case(b"content-length") {
-                has_cl = true;
-                content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                has_te = true;
-                chunked = value
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
-            }
-        }
-        if has_cl && has_te {
+        if f.has_cl && f.has_te {
             self.flags.mark(ordinal);
         }
-        self.state = match (has_te, chunked, has_cl, content_length) {
+        self.state = match (f.has_te, f.chunked, f.has_cl, f.content_length) {
             (true, true, _, _) => State::ChunkSize,
             (false, _, false, _) | (false, _, true, Some(0)) => State::Head,
             (false, _, true, Some(n)) => State::Fixed(n),
@@ -247,6 +245,42 @@ impl Tracker {
                 State::Off
             }
         };
+    }
+}
+
+/// What a request head says about its body.
+struct Framing {
+    has_cl: bool,
+    content_length: Option<u64>,
+    has_te: bool,
+    chunked: bool,
+}
+
+impl Framing {
+    fn of(request: &httparse::Request<'_, '_>) -> Framing {
+        let mut f = Framing {
+            has_cl: false,
+            content_length: None,
+            has_te: false,
+            chunked: false,
+        };
+        for h in request.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                f.has_cl = true;
+                f.content_length = std::str::from_utf8(trim(h.value))
+                    .ok()
+                    .and_then(|v| v.parse().ok());
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // Like hyper: the last coding of the last Transfer-Encoding line decides.
+                f.has_te = true;
+                f.chunked = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+            }
+        }
+        f
     }
 }
 
@@ -375,6 +409,24 @@ mod tests {
         assert_eq!(flagged(bad, 3, 1), vec![0]);
         let gzip = b"POST /b HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(flagged(gzip, 3, 1), vec![0]);
+    }
+
+    #[test]
+    fn bare_lf_heads_are_followed_like_hyper_follows_them() {
+        let conflict = b"POST /d HTTP/1.1\nHost: h\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        let clean = b"POST /a HTTP/1.1\nHost: h\nContent-Length: 5\n\nhello";
+        for step in [1, 3, 200] {
+            assert_eq!(flagged(conflict, step, 1), vec![0], "step {step}");
+            assert!(flagged(&[&clean[..], CLEAN_GET].concat(), step, 2).is_empty());
+            // A body that looks like headers is a body, not more head.
+            let tricky = [
+                &b"POST /a HTTP/1.1\nHost: h\nContent-Length: 40\n\n"[..],
+                b"\r\nContent-Length: 99999999\r\n\r\n12345678",
+                CONFLICT,
+            ]
+            .concat();
+            assert_eq!(flagged(&tricky, step, 2), vec![1], "step {step}");
+        }
     }
 
     #[test]

@@ -147,10 +147,9 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> HeaderValue {
+    fn next(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:08x}", self.prefix))
-            .unwrap_or(HeaderValue::from_static("unknown"))
+        format!("{}-{n:08x}", self.prefix)
     }
 }
 
@@ -160,6 +159,9 @@ struct Exchange<'g> {
     conn: &'g ConnInfo,
     started: Instant,
     request_id: HeaderValue,
+    /// Gateway-made and unique even when the client chose `request_id`: the trail's join key
+    /// between a decision and its completion.
+    exchange: String,
     method: Method,
     host: String,
     path: String,
@@ -182,6 +184,7 @@ impl Exchange<'_> {
             ts: &ts,
             gateway: &self.gw.gateway_id,
             request_id: self.request_id_str(),
+            exchange: &self.exchange,
             client: ClientInfo {
                 addr: &self.conn.peer_str,
                 cert_subject: self.conn.cert_subject.as_deref(),
@@ -206,6 +209,7 @@ impl Exchange<'_> {
             self.gw.audit.clone(),
             self.gw.gateway_id.clone(),
             self.request_id_str().to_owned(),
+            self.exchange.clone(),
             self.started,
         )
     }
@@ -266,12 +270,16 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
-    let request_id = client_request_id(req.headers()).unwrap_or_else(|| gw.request_ids.next());
+    let exchange = gw.request_ids.next();
+    let request_id = client_request_id(req.headers()).unwrap_or_else(|| {
+        HeaderValue::from_str(&exchange).unwrap_or(HeaderValue::from_static("-"))
+    });
     let mut x = Exchange {
         gw: &gw,
         conn: &conn,
         started: Instant::now(),
         request_id,
+        exchange,
         method: req.method().clone(),
         host: String::new(),
         path: String::new(),
@@ -316,6 +324,7 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
         &x.gw.routes,
         x.conn.sni.as_deref(),
         &x.method,
+        req.version(),
         req.uri(),
         req.headers(),
     ) {
@@ -457,6 +466,7 @@ pub fn route_and_classify(
     routes: &RouteTable,
     sni: Option<&str>,
     method: &Method,
+    version: Version,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Routed, Refused> {
@@ -476,6 +486,20 @@ pub fn route_and_classify(
             Refusal::BadRequest,
             "request.malformed",
             "the request has several Host headers".into(),
+            host_header.unwrap_or(""),
+            None,
+        ));
+    }
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request has several Authorization headers".into(),
             host_header.unwrap_or(""),
             None,
         ));
@@ -562,7 +586,29 @@ pub fn route_and_classify(
             ))
         }
     };
-    let classification = classify::databricks::classify(method, &normalized, uri.query());
+    let mut classification = classify::databricks::classify(method, &normalized, uri.query());
+    if wants_upgrade(version, headers) {
+        let websocket = headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .all(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if !websocket {
+            return Err(refuse(
+                Refusal::BadRequest,
+                "request.malformed",
+                "only WebSocket upgrades are accepted".into(),
+                authority,
+                Some(&workspace),
+            ));
+        }
+        let blocked = matches!(
+            classification.action.category,
+            classify::Category::Download | classify::Category::Credentials
+        ) || !classification.action.known;
+        if !blocked {
+            classification.action = WEBSOCKET;
+        }
+    }
     Ok(Routed {
         authority: authority.to_owned(),
         workspace,
@@ -578,10 +624,10 @@ async fn identify(
     let value = authorization.map(|v| v.as_bytes());
     match gw.verifier.identify(value) {
         Err(IdentityError::UnknownKey) => {
-            // The provider may have rotated its keys: refresh (rate-limited) and retry once.
-            if gw.verifier.unknown_kid(value).is_some()
-                && gw.verifier.keys().refresh_for_unknown_kid().await
-            {
+            // The provider may have rotated its keys: refresh (rate-limited) and retry once —
+            // also when another request's refresh just installed the key while we waited.
+            if gw.verifier.unknown_kid(value).is_some() {
+                gw.verifier.keys().refresh_for_unknown_kid().await;
                 return gw.verifier.identify(value);
             }
             Err(IdentityError::UnknownKey)
@@ -615,17 +661,21 @@ enum ForwardBody {
     Buffered(Bytes),
 }
 
-fn wants_upgrade(parts: &http::request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(header::UPGRADE)
-        && parts
-            .headers
+/// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
+
+/// An upgraded connection is an opaque tunnel after its first request, so only WebSocket is
+/// let through, and it is named as what it is in the trail unless its path is already blocked.
+const WEBSOCKET: Action = Action::new("websocket.open", classify::Category::Execute);
 
 async fn forward(
     x: &mut Exchange<'_>,
@@ -634,7 +684,7 @@ async fn forward(
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Response<ProxyBody> {
-    let upgrade = wants_upgrade(&parts);
+    let upgrade = wants_upgrade(parts.version, &parts.headers);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
