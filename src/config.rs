@@ -115,6 +115,7 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -214,6 +215,8 @@ struct RawServer {
     header_read_timeout_ms: u64,
     #[serde(default = "default_idle_ms")]
     idle_timeout_ms: u64,
+    #[serde(default = "default_upstream_ms")]
+    upstream_timeout_ms: u64,
     #[serde(default = "default_grace_ms")]
     shutdown_grace_ms: u64,
 }
@@ -229,6 +232,9 @@ fn default_header_read_ms() -> u64 {
 }
 fn default_idle_ms() -> u64 {
     90_000
+}
+fn default_upstream_ms() -> u64 {
+    300_000
 }
 fn default_grace_ms() -> u64 {
     30_000
@@ -394,11 +400,10 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
 ];
 
-/// Rule ids that `[policy] report_only` may name (enforced rules only; transport rules such as
-/// malformed requests can never be put in report mode).
+/// Rule ids that `[policy] report_only` may name. Download and credential blocking are the
+/// platform's core guarantee and transport rules (malformed requests) keep the parsers
+/// honest: neither can be put in report mode.
 pub const REPORTABLE_RULES: &[&str] = &[
-    "downloads.blocked",
-    "credentials.blocked",
     "principal.denied_group",
     "workspace.humans_denied",
     "workspace.config_only",
@@ -585,6 +590,7 @@ fn check_server(raw: RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         ("server.connect_timeout_ms", raw.connect_timeout_ms),
         ("server.header_read_timeout_ms", raw.header_read_timeout_ms),
         ("server.idle_timeout_ms", raw.idle_timeout_ms),
+        ("server.upstream_timeout_ms", raw.upstream_timeout_ms),
     ] {
         if value == 0 {
             errors.push(key, "must be greater than 0");
@@ -599,6 +605,7 @@ fn check_server(raw: RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms),
         header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms),
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms),
+        upstream_timeout: Duration::from_millis(raw.upstream_timeout_ms),
         shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
     })
 }

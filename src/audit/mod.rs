@@ -10,6 +10,6 @@ mod record;
 mod writer;
 
 pub use record::{
-    scrub_query, timestamp, ClientInfo, CompletionRecord, DecisionRecord, RequestInfo,
+    scrub_path, scrub_query, timestamp, ClientInfo, CompletionRecord, DecisionRecord, RequestInfo,
 };
 pub use writer::{AuditError, AuditSink, AuditWriterHandle};

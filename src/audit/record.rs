@@ -34,39 +34,67 @@ const SECRET_PARAMS: &[&str] = &[
 
 const MASK: &str = "***";
 
+fn is_secret_name(name: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase();
+    SECRET_PARAMS.iter().any(|s| decoded == *s)
+        || ["token", "secret", "password", "signature", "session"]
+            .iter()
+            .any(|w| decoded.contains(w))
+}
+
+/// A value that is a credential whatever its name: a JWT or a Databricks personal token.
+fn is_secret_value(value: &str) -> bool {
+    let v = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+    let v = v.trim();
+    v.starts_with("eyJ") || (v.starts_with("dapi") && v.len() >= 20)
+}
+
+/// Masks secret values in `name=value` pairs separated by any of `separators`.
+fn scrub_pairs<'a>(text: &'a str, separators: &[char]) -> Cow<'a, str> {
+    let secret = |pair: &str| match pair.split_once('=') {
+        Some((name, value)) => is_secret_name(name) || is_secret_value(value),
+        None => is_secret_value(pair),
+    };
+    if !text.split(separators).any(secret) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let end = rest.find(separators).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        if secret(pair) {
+            if let Some((name, _)) = pair.split_once('=') {
+                out.push_str(name);
+                out.push('=');
+            }
+            out.push_str(MASK);
+        } else {
+            out.push_str(pair);
+        }
+        if end == rest.len() {
+            break;
+        }
+        out.push_str(&rest[end..end + 1]);
+        rest = &rest[end + 1..];
+    }
+    Cow::Owned(out)
+}
+
 /// Returns the query with the values of secret-bearing parameters masked. The raw query is
 /// never recorded; parameter names are kept so the security team sees what was sent.
 pub fn scrub_query(query: &str) -> Cow<'_, str> {
-    let is_secret = |name: &str| {
-        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-        SECRET_PARAMS
-            .iter()
-            .any(|s| decoded.eq_ignore_ascii_case(s))
-            || decoded.to_ascii_lowercase().contains("token")
-            || decoded.to_ascii_lowercase().contains("secret")
-            || decoded.to_ascii_lowercase().contains("password")
-    };
-    let needs = query
-        .split('&')
-        .any(|pair| is_secret(pair.split_once('=').map_or(pair, |(n, _)| n)));
-    if !needs {
-        return Cow::Borrowed(query);
+    scrub_pairs(query, &['&', ';'])
+}
+
+/// Returns the path with secret-bearing `;name=value` segment parameters masked.
+pub fn scrub_path(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
     }
-    let mut out = String::with_capacity(query.len());
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((name, _)) if is_secret(name) => {
-                out.push_str(name);
-                out.push('=');
-                out.push_str(MASK);
-            }
-            _ => out.push_str(pair),
-        }
-    }
-    Cow::Owned(out)
+    scrub_pairs(path, &[';', '/'])
 }
 
 /// RFC 3339 UTC with microseconds: `2026-11-27T05:41:08.123456Z`.
@@ -238,6 +266,20 @@ mod tests {
             "a=1&access_token=***&my_token=***"
         );
         assert_eq!(scrub_query("%74oken=zzz"), "%74oken=***");
+        assert_eq!(scrub_query("a=1;token=z"), "a=1;token=***");
+        assert_eq!(
+            scrub_query("x=eyJhbGciOiJFUzI1NiJ9.e30.sig&y=dapi0123456789abcdef0123"),
+            "x=***&y=***"
+        );
+    }
+
+    #[test]
+    fn secret_path_parameters_are_masked() {
+        assert_eq!(scrub_path("/api/2.0/dbfs/read"), "/api/2.0/dbfs/read");
+        assert_eq!(
+            scrub_path("/api/2.0/dbfs/read;jsessionid=abc/x;a=1"),
+            "/api/2.0/dbfs/read;jsessionid=***/x;a=1"
+        );
     }
 
     #[test]

@@ -184,10 +184,17 @@ fn open_trail(path: &Path) -> Result<(File, u64, u64), AuditError> {
         .rsplit(|&b| b == b'\n')
         .next()
         .unwrap_or_default();
+    // Continuing after a record we cannot read would restart or fork the numbering: refuse
+    // to start and let a person look at the trail instead.
     let last_seq = serde_json::from_slice::<serde_json::Value>(last_line)
         .ok()
         .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-        .unwrap_or(0);
+        .ok_or_else(|| {
+            AuditError::Open(format!(
+                "{}: the last complete record has no readable seq; the trail needs inspection",
+                path.display()
+            ))
+        })?;
     Ok((file, last_seq + 1, good_len))
 }
 
@@ -341,6 +348,14 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(records[0]["phase"], "decision");
         assert_eq!(records[2]["n"], 3);
+    }
+
+    #[test]
+    fn an_unreadable_last_record_stops_the_writer_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gw.jsonl"), "{\"seq\":7}\nnot json\n").unwrap();
+        let err = AuditSink::open(&config(dir.path(), Durability::Group), "gw").err();
+        assert!(matches!(err, Some(AuditError::Open(m)) if m.contains("needs inspection")));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -26,7 +26,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::audit::{scrub_query, timestamp, AuditSink, ClientInfo, DecisionRecord, RequestInfo};
+use crate::audit::{
+    scrub_path, scrub_query, timestamp, AuditSink, ClientInfo, DecisionRecord, RequestInfo,
+};
 use crate::classify::body::{inspect, BodyVerdict};
 use crate::classify::{self, Action, Asset, BodyCheck, Classification, NormalizedPath};
 use crate::config::Config;
@@ -43,6 +45,13 @@ pub const MAX_INSPECTED_BODY: usize = 1 << 20;
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
+/// A workspace's upstream clients: pooled (h2 where the upstream offers it) and, for
+/// protocol upgrades, HTTP/1.1 only.
+struct UpstreamClients {
+    pooled: UpstreamClient,
+    upgrade: UpstreamClient,
+}
+
 /// Everything the data path needs, built once from a `Config`.
 pub struct Gateway {
     pub gateway_id: Arc<str>,
@@ -50,9 +59,14 @@ pub struct Gateway {
     rules: Rules,
     verifier: Verifier,
     audit: Arc<AuditSink>,
-    clients: Vec<UpstreamClient>,
+    clients: Vec<UpstreamClients>,
+    /// How long the upstream may take to start answering.
+    upstream_timeout: Duration,
+    /// How long a body that must be inspected may take to arrive.
+    body_timeout: Duration,
     exceptions: Box<dyn Exceptions + Send + Sync>,
     request_ids: RequestIds,
+    stopping: Stopping,
 }
 
 impl Gateway {
@@ -60,21 +74,29 @@ impl Gateway {
         config: &Config,
         keys: Arc<KeyStore>,
         audit: Arc<AuditSink>,
+        stopping: Stopping,
     ) -> Result<Gateway, String> {
         let mut clients = Vec::with_capacity(config.workspaces.len());
         for w in &config.workspaces {
-            let connector = crate::tls::https_connector(
-                w.upstream_ca.as_deref(),
-                config.server.connect_timeout,
-                true,
-            )
-            .map_err(|e| format!("workspace {}: {e}", w.name))?;
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(config.server.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(connector);
-            clients.push(client);
+            // Upgrades need HTTP/1.1 end to end: h2 has no Upgrade, so they get their own
+            // client that never offers h2.
+            let build = |h2: bool| -> Result<UpstreamClient, String> {
+                let connector = crate::tls::https_connector(
+                    w.upstream_ca.as_deref(),
+                    config.server.connect_timeout,
+                    h2,
+                )
+                .map_err(|e| format!("workspace {}: {e}", w.name))?;
+                Ok(Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(config.server.idle_timeout)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector))
+            };
+            clients.push(UpstreamClients {
+                pooled: build(true)?,
+                upgrade: build(false)?,
+            });
         }
         Ok(Gateway {
             gateway_id: Arc::from(config.server.gateway_id.as_str()),
@@ -83,8 +105,11 @@ impl Gateway {
             verifier: Verifier::new(config.identity.clone(), keys),
             audit,
             clients,
+            upstream_timeout: config.server.upstream_timeout,
+            body_timeout: config.server.header_read_timeout,
             exceptions: Box::new(NoExceptions),
             request_ids: RequestIds::new(),
+            stopping,
         })
     }
 
@@ -299,10 +324,11 @@ pub async fn handle(
 async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
     // The recorded path is bounded; request targets are ASCII, so cutting bytes is safe.
     let raw_path = req.uri().path();
+    let raw_path = scrub_path(raw_path);
     x.path = if raw_path.len() > 2048 && raw_path.is_char_boundary(2048) {
         format!("{}...", &raw_path[..2048])
     } else {
-        raw_path.to_owned()
+        raw_path.into_owned()
     };
     if x.conn.framing.take_request_conflicted() {
         if let Some(h) = req
@@ -340,8 +366,9 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
     let Routed {
         authority,
         workspace,
-        normalized,
         classification,
+        upstream_uri,
+        ..
     } = routed;
     x.host = authority;
     x.workspace = Some(workspace.clone());
@@ -370,8 +397,20 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
     let (parts, incoming) = req.into_parts();
     let body = if classification.body_check == BodyCheck::None {
         ForwardBody::Stream(incoming)
+    } else if parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return x
+            .refuse(
+                Refusal::BadRequest,
+                "body.malformed",
+                "this request's body must be inspected and cannot be compressed (Content-Encoding)",
+            )
+            .await;
     } else {
-        match read_bounded(incoming).await {
+        match read_bounded(incoming, x.gw.body_timeout).await {
             Ok(bytes) => {
                 match inspect(classification.body_check, &bytes) {
                     BodyVerdict::Clean => {}
@@ -396,6 +435,15 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
                         Refusal::TooLarge,
                         "body.too_large",
                         "the request body must be inspected and is larger than 1 MiB",
+                    )
+                    .await
+            }
+            Err(BodyReadError::TimedOut) => {
+                return x
+                    .refuse(
+                        Refusal::RequestTimeout,
+                        "body.timeout",
+                        "the request body must be inspected and did not arrive in time",
                     )
                     .await
             }
@@ -430,7 +478,7 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
         return x.unrecordable(e);
     }
     log_decision(x, &decision);
-    forward(x, &workspace, normalized.encoded(), parts, body).await
+    forward(x, &workspace, upstream_uri, parts, body).await
 }
 
 /// Headers some frameworks use to change the method after routing; classification trusts
@@ -447,6 +495,9 @@ pub struct Routed {
     pub workspace: Arc<Workspace>,
     pub normalized: NormalizedPath,
     pub classification: Classification,
+    /// Where an allowed request goes: the workspace upstream, the normalised path (exactly
+    /// what was classified) and the query as sent.
+    pub upstream_uri: Uri,
 }
 
 /// Why a request was refused before identity was even looked at.
@@ -500,6 +551,16 @@ pub fn route_and_classify(
             Refusal::BadRequest,
             "request.malformed",
             "the request has several Authorization headers".into(),
+            host_header.unwrap_or(""),
+            None,
+        ));
+    }
+    if (method == Method::GET || method == Method::HEAD) && carries_body(headers) {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "GET and HEAD requests may not carry a body: the gateway decides on the URL alone"
+                .into(),
             host_header.unwrap_or(""),
             None,
         ));
@@ -609,11 +670,31 @@ pub fn route_and_classify(
             classification.action = WEBSOCKET;
         }
     }
+    let path = normalized.encoded();
+    let mut target = String::with_capacity(path.len() + 64);
+    target.push_str(workspace.upstream.scheme_str());
+    target.push_str("://");
+    target.push_str(&workspace.upstream.authority);
+    target.push_str(&path);
+    if let Some(q) = uri.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    let Ok(upstream_uri) = target.parse::<Uri>() else {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request target cannot be forwarded".into(),
+            authority,
+            Some(&workspace),
+        ));
+    };
     Ok(Routed {
         authority: authority.to_owned(),
         workspace,
         normalized,
         classification,
+        upstream_uri,
     })
 }
 
@@ -638,20 +719,23 @@ async fn identify(
 
 enum BodyReadError {
     TooLarge,
+    TimedOut,
     Failed,
 }
 
-async fn read_bounded(body: Incoming) -> Result<Bytes, BodyReadError> {
+async fn read_bounded(body: Incoming, deadline: Duration) -> Result<Bytes, BodyReadError> {
     if http_body::Body::size_hint(&body)
         .exact()
         .is_some_and(|n| n > MAX_INSPECTED_BODY as u64)
     {
         return Err(BodyReadError::TooLarge);
     }
-    match Limited::new(body, MAX_INSPECTED_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyReadError::TooLarge),
-        Err(_) => Err(BodyReadError::Failed),
+    let collect = Limited::new(body, MAX_INSPECTED_BODY).collect();
+    match tokio::time::timeout(deadline, collect).await {
+        Err(_) => Err(BodyReadError::TimedOut),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyReadError::TooLarge),
+        Ok(Err(_)) => Err(BodyReadError::Failed),
     }
 }
 
@@ -659,6 +743,14 @@ async fn read_bounded(body: Incoming) -> Result<Bytes, BodyReadError> {
 enum ForwardBody {
     Stream(Incoming),
     Buffered(Bytes),
+}
+
+/// Whether the head announces a body (a non-zero length, or any transfer coding).
+fn carries_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
@@ -680,7 +772,7 @@ const WEBSOCKET: Action = Action::new("websocket.open", classify::Category::Exec
 async fn forward(
     x: &mut Exchange<'_>,
     workspace: &Workspace,
-    path: String,
+    uri: Uri,
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Response<ProxyBody> {
@@ -689,25 +781,6 @@ async fn forward(
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
         None
-    };
-
-    let mut target = String::with_capacity(path.len() + 64);
-    target.push_str(workspace.upstream.scheme_str());
-    target.push_str("://");
-    target.push_str(&workspace.upstream.authority);
-    target.push_str(&path);
-    if let Some(q) = parts.uri.query() {
-        target.push('?');
-        target.push_str(q);
-    }
-    let Ok(uri) = target.parse::<Uri>() else {
-        return x
-            .refuse(
-                Refusal::BadRequest,
-                "request.malformed",
-                "the request target cannot be forwarded",
-            )
-            .await;
     };
 
     let completion = x.completion();
@@ -736,14 +809,31 @@ async fn forward(
     );
     let upstream_req = Request::from_parts(parts, body);
 
-    let client = &x.gw.clients[workspace.client];
+    let clients = &x.gw.clients[workspace.client];
+    let client = if upgrade {
+        &clients.upgrade
+    } else {
+        &clients.pooled
+    };
     let sent = Instant::now();
-    let result = client.request(upstream_req).await;
+    let result = tokio::time::timeout(x.gw.upstream_timeout, client.request(upstream_req)).await;
     let mut completion = completion;
     completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
     let mut response = match result {
-        Ok(r) => r,
-        Err(e) => {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, "upstream did not answer in time");
+            completion.error = Some("the upstream did not answer in time");
+            let response = refusal_response(
+                Refusal::GatewayTimeout,
+                "upstream.timeout",
+                "the workspace upstream did not answer in time",
+                &x.request_id,
+            );
+            completion.status = response.status().as_u16();
+            return response;
+        }
+        Ok(Err(e)) => {
             tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, error = %e, "upstream request failed");
             completion.error = Some("the upstream could not be reached or failed");
             let response = refusal_response(
@@ -765,6 +855,7 @@ async fn forward(
                 client_upgrade,
                 upstream_upgrade,
                 completion,
+                x.gw.stopping.clone(),
             ));
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
@@ -791,22 +882,55 @@ async fn splice_upgraded(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     mut completion: Completion,
+    stopping: Stopping,
 ) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let mut c = TokioIo::new(c);
             let mut u = TokioIo::new(u);
-            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                Ok((to_upstream, to_client)) => {
-                    completion
-                        .bytes_in
-                        .fetch_add(to_upstream, Ordering::Relaxed);
-                    completion.bytes_out = to_client;
-                    completion.error = None;
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut c, &mut u) => match copied {
+                    Ok((to_upstream, to_client)) => {
+                        completion
+                            .bytes_in
+                            .fetch_add(to_upstream, Ordering::Relaxed);
+                        completion.bytes_out = to_client;
+                        completion.error = None;
+                    }
+                    Err(_) => completion.error = Some("the upgraded connection failed"),
+                },
+                // hyper's graceful shutdown no longer sees an upgraded connection: cut it
+                // once the grace period is over, so its completion record is still written.
+                () = stopping.after_grace() => {
+                    completion.error = Some("the gateway shut down during the upgraded connection");
                 }
-                Err(_) => completion.error = Some("the upgraded connection failed"),
             }
         }
         Err(_) => completion.error = Some("the protocol upgrade did not complete"),
+    }
+}
+
+/// Lets long-lived work (upgraded connections) learn that the gateway is stopping.
+#[derive(Clone)]
+pub struct Stopping {
+    signal: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+}
+
+impl Stopping {
+    pub fn new(signal: tokio::sync::watch::Receiver<bool>, grace: Duration) -> Stopping {
+        Stopping { signal, grace }
+    }
+
+    /// Resolves once shutdown has begun and the grace period has passed.
+    pub async fn after_grace(&self) {
+        let mut signal = self.signal.clone();
+        while !*signal.borrow_and_update() {
+            if signal.changed().await.is_err() {
+                // The gateway value is gone: nothing left to wait for.
+                break;
+            }
+        }
+        tokio::time::sleep(self.grace).await;
     }
 }

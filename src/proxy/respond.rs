@@ -23,6 +23,8 @@ pub enum Refusal {
     Misdirected,
     /// A body that must be inspected is too large: 413.
     TooLarge,
+    /// A body that must be inspected did not arrive in time: 408.
+    RequestTimeout,
     /// The gateway cannot record or verify right now: 503 (clients may retry).
     Unavailable,
     /// The upstream failed: 502.
@@ -39,6 +41,7 @@ impl Refusal {
             Refusal::BadRequest => StatusCode::BAD_REQUEST,
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -51,6 +54,7 @@ impl Refusal {
             Refusal::Unauthenticated => "UNAUTHENTICATED",
             Refusal::BadRequest | Refusal::Misdirected => "BAD_REQUEST",
             Refusal::TooLarge => "RESOURCE_EXHAUSTED",
+            Refusal::RequestTimeout => "REQUEST_TIMEOUT",
             Refusal::Unavailable => "TEMPORARILY_UNAVAILABLE",
             Refusal::BadGateway | Refusal::GatewayTimeout => "BAD_GATEWAY",
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::framing::Watched;
-use super::{handle, ConnInfo, Gateway};
+use super::{handle, ConnInfo, Gateway, Stopping};
 use crate::audit::{AuditSink, AuditWriterHandle};
 use crate::config::Config;
 use crate::identity::KeyStore;
@@ -31,6 +31,7 @@ pub struct Running {
     tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     audit_writer: Option<AuditWriterHandle>,
+    grace: Duration,
 }
 
 /// Binds the listeners and starts serving. Everything that can be wrong with the
@@ -52,7 +53,9 @@ async fn start_with(
     audit_writer: AuditWriterHandle,
     background: Vec<JoinHandle<()>>,
 ) -> Result<Running, String> {
-    let gateway = Arc::new(Gateway::new(config, keys, audit)?);
+    let (shutdown, rx) = watch::channel(false);
+    let stopping = Stopping::new(rx.clone(), config.server.shutdown_grace);
+    let gateway = Arc::new(Gateway::new(config, keys, audit, stopping)?);
     let tls = match &config.server.tls {
         Some(files) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(
             &files.cert,
@@ -70,7 +73,6 @@ async fn start_with(
     let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
 
-    let (shutdown, rx) = watch::channel(false);
     let settings = Settings {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
@@ -95,6 +97,7 @@ async fn start_with(
         tasks,
         background,
         audit_writer: Some(audit_writer),
+        grace: config.server.shutdown_grace,
     })
 }
 
@@ -110,11 +113,13 @@ impl Running {
             t.abort();
         }
         let writer = self.audit_writer.take();
+        let self_grace = self.grace;
         drop(self);
         if let Some(w) = writer {
-            // Returns once the last sink (held by finished connections) is gone.
+            // Returns once the last sink is gone: connections are closed by now; upgraded
+            // tunnels close one grace period after the signal.
             let _ = tokio::time::timeout(
-                Duration::from_secs(10),
+                self_grace + Duration::from_secs(10),
                 tokio::task::spawn_blocking(move || w.join()),
             )
             .await;
@@ -152,7 +157,10 @@ async fn data_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&settings));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        // Reap finished connections so the set stays small.
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -170,7 +178,7 @@ async fn data_loop(
                 let tls = tls.clone();
                 let builder = builder.clone();
                 let handshake_timeout = settings.header_read_timeout;
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     match tls {
                         None => {
                             let conn = Arc::new(ConnInfo::new(peer, false, None));
@@ -210,8 +218,12 @@ async fn data_loop(
         .await
         .is_err()
     {
-        tracing::warn!("shutdown grace period ended with requests still in flight");
+        tracing::warn!("shutdown grace period ended with requests still in flight; closing them");
     }
+    // Whatever is left is cut; dropping each task runs its completion hook, so the trail
+    // still says how every request ended.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 /// Runs `serve` until SIGTERM or SIGINT.
