@@ -175,6 +175,13 @@ async fn answer(
         );
         return Ok(r);
     }
+    if parts.uri.path() == "/static/slow" {
+        let ms: u64 = query_param(parts.uri.query(), "ms")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1000)
+            .min(60_000);
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     Ok(canned(
         &parts.method,
         parts.uri.path(),

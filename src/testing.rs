@@ -29,6 +29,8 @@ pub struct FixtureOptions {
     pub jwks_url: Option<String>,
     /// CA file the gateway trusts for upstream TLS (default: the system roots).
     pub upstream_ca: Option<PathBuf>,
+    /// Extra `[server]` lines, e.g. `upstream_timeout_ms = 300`.
+    pub server_extra: Vec<String>,
 }
 
 impl Default for FixtureOptions {
@@ -42,6 +44,7 @@ impl Default for FixtureOptions {
             report_only: Vec::new(),
             jwks_url: None,
             upstream_ca: None,
+            server_extra: Vec::new(),
         }
     }
 }
@@ -154,6 +157,7 @@ listen = "{listen}"
 {tls}admin_listen = "127.0.0.1:0"
 gateway_id = "gw-test"
 shutdown_grace_ms = 5000
+{server_extra}
 
 [identity]
 {jwks}
@@ -195,6 +199,7 @@ durability = "{durability}"
         unknown_api = o.unknown_api,
         durability = o.durability,
         report_only = report_only.join(", "),
+        server_extra = o.server_extra.join("\n"),
     )
 }
 

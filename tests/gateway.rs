@@ -638,3 +638,176 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
         .iter()
         .any(|r| r["phase"] == "completion" && r["bytes_out"] == 32 << 20));
 }
+
+#[tokio::test]
+async fn ambiguous_headers_and_tunnels_are_refused() {
+    let h = Harness::start().await;
+    let t = h.service();
+    let cases: Vec<(String, &str)> = vec![
+        // Two credentials: the upstream might pick the other one.
+        (format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nAuthorization: Bearer dapi0123456789abcdef0123456789abcdef\r\nConnection: close\r\n\r\n"), "HTTP/1.1 400"),
+        // A GET with a body: the decision is made on the URL alone.
+        (format!("GET /api/2.1/unity-catalog/secrets/x HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{{\"include_value\":true}}"), "HTTP/1.1 400"),
+        // h2c (or any non-WebSocket) upgrade would be an unclassified tunnel.
+        (format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"), "HTTP/1.1 400"),
+        // A compressed body where the body decides.
+        (format!("POST /api/2.0/sql/statements HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"), "HTTP/1.1 400"),
+        // Bare-LF head with both framing headers (hyper accepts bare LF line endings).
+        (format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\nHost: {ANALYTICS_HOST}\nAuthorization: Bearer {t}\nContent-Length: 7\nTransfer-Encoding: chunked\nConnection: close\n\n2\r\n{{}}\r\n0\r\n\r\n"), "HTTP/1.1 400"),
+    ];
+    for (raw, expected) in cases {
+        let answer = h.raw(ANALYTICS_HOST, raw.as_bytes()).await;
+        assert!(
+            answer.starts_with(expected),
+            "{}\n=> {}",
+            raw.lines().next().unwrap(),
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    assert!(h.standin.seen().is_empty());
+}
+
+#[tokio::test]
+async fn the_exchange_id_joins_records_even_when_clients_reuse_request_ids() {
+    let h = Harness::start().await;
+    let t = h.service();
+    for _ in 0..2 {
+        let raw = format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nx-request-id: same-id\r\nConnection: close\r\n\r\n");
+        assert!(h
+            .raw(ANALYTICS_HOST, raw.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 200"));
+    }
+    let _ = h.completion_for("same-id").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let records = h.records_for("same-id");
+    let decisions: Vec<&str> = records
+        .iter()
+        .filter(|r| r["phase"] == "decision")
+        .map(|r| r["exchange"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 2);
+    assert_ne!(decisions[0], decisions[1]);
+    for e in decisions {
+        assert_eq!(
+            records.iter().filter(|r| r["exchange"] == e).count(),
+            2,
+            "decision + completion for {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn websocket_tunnels_are_named_in_the_trail() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let raw = format!("GET /ws/notebook HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n", h.alice());
+    let tls = gatehouse::tls::client_config(Some(&h.fixture.ca_cert)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    let mut s = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from(ANALYTICS_HOST).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+    let decision = h
+        .trail()
+        .into_iter()
+        .find(|r| r["phase"] == "decision")
+        .unwrap();
+    assert_eq!(decision["action"]["name"], "websocket.open");
+    // A prod person cannot open one either.
+    let prod = raw.replace(ANALYTICS_HOST, PROD_HOST);
+    assert!(h
+        .raw(PROD_HOST, prod.as_bytes())
+        .await
+        .starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test]
+async fn slow_upstreams_and_slow_inspected_bodies_time_out_without_forwarding_partials() {
+    let h = Harness::with(
+        FixtureOptions {
+            server_extra: vec![
+                "upstream_timeout_ms = 300".into(),
+                "header_read_timeout_ms = 500".into(),
+            ],
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let t = h.service();
+    let r = h.get("/static/slow?ms=3000", &t).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream.timeout"));
+
+    let raw = format!("POST /api/2.0/sql/statements HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nContent-Length: 100\r\n\r\n{{\"statement\":");
+    let answer = h.raw(ANALYTICS_HOST, raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(!h.standin.saw_path("/api/2.0/sql/statements"));
+}
+
+#[tokio::test]
+async fn a_plaintext_listener_serves_the_same_pipeline() {
+    let h = Harness::with(
+        FixtureOptions {
+            tls: false,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let send = |raw: String| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+            .await
+            .unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    };
+    let t = h.service();
+    let ok = send(format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let denied = send(format!("GET /api/2.0/dbfs/read?path=/x HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")).await;
+    assert!(denied.starts_with("HTTP/1.1 403"));
+    let conflict = send(format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n")).await;
+    assert!(conflict.starts_with("HTTP/1.1 400"), "{conflict}");
+    let seen: Vec<String> = h.standin.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(seen, vec!["/api/2.1/clusters/list"]);
+    let decision = &h.trail()[0];
+    assert_eq!(decision["request"]["host"], ANALYTICS_HOST);
+    // X-Forwarded-Proto tells the upstream the client spoke plain HTTP.
+    assert_eq!(h.standin.seen()[0].headers["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn h2_requests_get_the_same_host_checks() {
+    let h = Harness::start().await;
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, true).unwrap();
+    // :authority names the lab, a host header names production.
+    let req = http::Request::get(h.url(ANALYTICS_HOST, "/api/2.1/clusters/list"))
+        .header("host", PROD_HOST)
+        .header("authorization", format!("Bearer {}", h.service()))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let status = client.request(req).await.map(|r| r.status());
+    // Either the client refuses to send it or the gateway refuses it; never forwarded.
+    if let Ok(s) = status {
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+    }
+    assert!(h.standin.seen().is_empty());
+}
