@@ -429,32 +429,9 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
                 }
                 ForwardBody::Buffered(bytes)
             }
-            Err(BodyReadError::TooLarge) => {
-                return x
-                    .refuse(
-                        Refusal::TooLarge,
-                        "body.too_large",
-                        "the request body must be inspected and is larger than 1 MiB",
-                    )
-                    .await
-            }
-            Err(BodyReadError::TimedOut) => {
-                return x
-                    .refuse(
-                        Refusal::RequestTimeout,
-                        "body.timeout",
-                        "the request body must be inspected and did not arrive in time",
-                    )
-                    .await
-            }
-            Err(BodyReadError::Failed) => {
-                return x
-                    .refuse(
-                        Refusal::BadRequest,
-                        "body.malformed",
-                        "the request body could not be read",
-                    )
-                    .await
+            Err(e) => {
+                let (refusal, rule, reason) = e.refusal();
+                return x.refuse(refusal, rule, reason).await;
             }
         }
     };
@@ -721,6 +698,28 @@ enum BodyReadError {
     TooLarge,
     TimedOut,
     Failed,
+}
+
+impl BodyReadError {
+    fn refusal(&self) -> (Refusal, RuleId, &'static str) {
+        match self {
+            BodyReadError::TooLarge => (
+                Refusal::TooLarge,
+                "body.too_large",
+                "the request body must be inspected and is larger than 1 MiB",
+            ),
+            BodyReadError::TimedOut => (
+                Refusal::RequestTimeout,
+                "body.timeout",
+                "the request body must be inspected and did not arrive in time",
+            ),
+            BodyReadError::Failed => (
+                Refusal::BadRequest,
+                "body.malformed",
+                "the request body could not be read",
+            ),
+        }
+    }
 }
 
 async fn read_bounded(body: Incoming, deadline: Duration) -> Result<Bytes, BodyReadError> {
