@@ -183,6 +183,53 @@ pub struct LaterSections {
     pub limits: Option<RawLimits>,
 }
 
+/// The S3 side: which hosts are S3, where they go, who the access keys belong to.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// Exact host names and `*.suffix` patterns, lower-case.
+    pub hosts: Vec<String>,
+    pub upstream: Upstream,
+    pub upstream_ca: Option<PathBuf>,
+    pub access_keys: Vec<AccessKeyConfig>,
+    /// Access-point host → bucket.
+    pub access_points: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessKeyConfig {
+    pub id: String,
+    pub principal: String,
+    pub service_principal: bool,
+    pub workspace: Option<String>,
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketClass {
+    Lab,
+    ProdOutput,
+    Raw,
+}
+
+impl BucketClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketClass::Lab => "lab",
+            BucketClass::ProdOutput => "prod-output",
+            BucketClass::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BucketConfig {
+    pub name: String,
+    pub class: BucketClass,
+    pub workspaces: Vec<String>,
+    pub retention_days: u32,
+    pub readers: Vec<String>,
+}
+
 /// A validated configuration. Immutable: reload builds a new one and swaps it.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -191,6 +238,8 @@ pub struct Config {
     pub workspaces: Vec<WorkspaceConfig>,
     pub policy: PolicyConfig,
     pub audit: AuditConfig,
+    pub s3: Option<S3Config>,
+    pub buckets: Vec<BucketConfig>,
     pub later: LaterSections,
     /// Directory the file was read from: relative paths in it are resolved against the
     /// current directory, like every other tool, but we keep it for messages.
@@ -339,8 +388,18 @@ fn default_queue() -> usize {
 pub struct RawS3 {
     pub hosts: Vec<String>,
     pub upstream: String,
+    pub upstream_ca: Option<PathBuf>,
     #[serde(default)]
     pub access_key: Vec<RawAccessKey>,
+    #[serde(default)]
+    pub access_point: Vec<RawAccessPoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessPoint {
+    pub host: String,
+    pub bucket: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +409,8 @@ pub struct RawAccessKey {
     pub principal: String,
     pub principal_type: String,
     pub workspace: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -462,7 +523,24 @@ impl Config {
         let workspaces = check_workspaces(workspaces, &mut errors);
         let policy = check_policy(policy, &mut errors);
         let audit = audit.and_then(|a| check_audit(a, &mut errors));
-        check_later(&later, &workspaces, &mut errors);
+        let s3 = later
+            .s3
+            .as_ref()
+            .and_then(|s| check_s3(s, &workspaces, &mut errors));
+        let buckets = check_buckets(&later.buckets, &workspaces, &mut errors);
+        if let Some(s3) = &s3 {
+            for (host, bucket) in &s3.access_points {
+                if !buckets.iter().any(|b| &b.name == bucket) {
+                    errors.push(
+                        "s3.access_point",
+                        format!(
+                            "access point {host:?} maps to {bucket:?}, which no [[bucket]] names"
+                        ),
+                    );
+                }
+            }
+        }
+        check_later(&later, &mut errors);
 
         match (server, identity, policy, audit) {
             (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {
@@ -472,6 +550,8 @@ impl Config {
                     workspaces,
                     policy,
                     audit,
+                    s3,
+                    buckets,
                     later,
                     source: PathBuf::new(),
                 })
@@ -806,43 +886,152 @@ fn check_audit(raw: RawAudit, errors: &mut Errors) -> Option<AuditConfig> {
     })
 }
 
-fn check_later(later: &LaterSections, workspaces: &[WorkspaceConfig], errors: &mut Errors) {
+fn check_s3(raw: &RawS3, workspaces: &[WorkspaceConfig], errors: &mut Errors) -> Option<S3Config> {
     let known: HashSet<&str> = workspaces.iter().map(|w| w.name.as_str()).collect();
-    if let Some(s3) = &later.s3 {
-        parse_upstream(&s3.upstream, "s3.upstream", errors);
-        for (i, k) in s3.access_key.iter().enumerate() {
-            if !matches!(k.principal_type.as_str(), "user" | "service_principal") {
-                errors.push(
-                    format!("s3.access_key[{i}].principal_type"),
-                    "must be user or service_principal",
-                );
-            }
-            if let Some(w) = &k.workspace {
-                if !known.contains(w.as_str()) {
-                    errors.push(
-                        format!("s3.access_key[{i}].workspace"),
-                        format!("no [[workspace]] is named {w:?}"),
-                    );
-                }
-            }
+    let workspace_hosts: HashSet<&str> = workspaces
+        .iter()
+        .flat_map(|w| w.hosts.iter().map(String::as_str))
+        .collect();
+    let upstream = parse_upstream(&raw.upstream, "s3.upstream", errors);
+    if let Some(ca) = &raw.upstream_ca {
+        must_exist(ca, "s3.upstream_ca", errors);
+    }
+    if raw.hosts.is_empty() {
+        errors.push("s3.hosts", "at least one host is required");
+    }
+    let mut hosts = Vec::with_capacity(raw.hosts.len());
+    for h in &raw.hosts {
+        match normalize_host_pattern(h) {
+            Some(h) if workspace_hosts.contains(h.as_str()) => errors.push(
+                "s3.hosts",
+                format!("host {h:?} is also routed to a workspace"),
+            ),
+            Some(h) => hosts.push(h),
+            None => errors.push("s3.hosts", format!("{h:?} is not a valid host name")),
         }
     }
-    for (i, b) in later.buckets.iter().enumerate() {
-        if !matches!(b.class.as_str(), "lab" | "prod-output" | "raw") {
+    let mut ids = HashSet::new();
+    let mut access_keys = Vec::with_capacity(raw.access_key.len());
+    for (i, k) in raw.access_key.iter().enumerate() {
+        let key = |f: &str| format!("s3.access_key[{i}].{f}");
+        let valid_id = (16..=128).contains(&k.id.len())
+            && k.id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !valid_id {
             errors.push(
-                format!("bucket[{i}].class"),
-                "must be one of lab, prod-output, raw",
+                key("id"),
+                "must be an access key id (16–128 upper-case letters and digits)",
             );
+        } else if !ids.insert(k.id.clone()) {
+            errors.push(key("id"), format!("duplicate access key id {:?}", k.id));
         }
+        if k.principal.is_empty() {
+            errors.push(key("principal"), "must not be empty");
+        }
+        let service_principal = match k.principal_type.as_str() {
+            "service_principal" => true,
+            "user" => false,
+            _ => {
+                errors.push(key("principal_type"), "must be user or service_principal");
+                false
+            }
+        };
+        if let Some(w) = &k.workspace {
+            if !known.contains(w.as_str()) {
+                errors.push(key("workspace"), format!("no [[workspace]] is named {w:?}"));
+            }
+        }
+        access_keys.push(AccessKeyConfig {
+            id: k.id.clone(),
+            principal: k.principal.clone(),
+            service_principal,
+            workspace: k.workspace.clone(),
+            groups: k.groups.clone(),
+        });
+    }
+    let mut access_points = Vec::new();
+    for (i, ap) in raw.access_point.iter().enumerate() {
+        match normalize_host_pattern(&ap.host) {
+            Some(h) if !h.starts_with("*.") => access_points.push((h, ap.bucket.clone())),
+            _ => errors.push(
+                format!("s3.access_point[{i}].host"),
+                format!("{:?} is not an access point host name", ap.host),
+            ),
+        }
+    }
+    Some(S3Config {
+        hosts,
+        upstream: upstream?,
+        upstream_ca: raw.upstream_ca.clone(),
+        access_keys,
+        access_points,
+    })
+}
+
+fn check_buckets(
+    raw: &[RawBucket],
+    workspaces: &[WorkspaceConfig],
+    errors: &mut Errors,
+) -> Vec<BucketConfig> {
+    let known: HashSet<&str> = workspaces.iter().map(|w| w.name.as_str()).collect();
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, b) in raw.iter().enumerate() {
+        let key = |f: &str| format!("bucket[{i}].{f}");
+        let valid_name = (3..=63).contains(&b.name.len())
+            && b.name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-');
+        if !valid_name {
+            errors.push(
+                key("name"),
+                format!("{:?} is not an S3 bucket name", b.name),
+            );
+        } else if !names.insert(b.name.clone()) {
+            errors.push(key("name"), format!("duplicate bucket {:?}", b.name));
+        }
+        let class = match b.class.as_str() {
+            "lab" => Some(BucketClass::Lab),
+            "prod-output" => Some(BucketClass::ProdOutput),
+            "raw" => Some(BucketClass::Raw),
+            _ => {
+                errors.push(key("class"), "must be one of lab, prod-output, raw");
+                None
+            }
+        };
         for w in &b.workspaces {
             if !known.contains(w.as_str()) {
                 errors.push(
-                    format!("bucket[{i}].workspaces"),
+                    key("workspaces"),
                     format!("no [[workspace]] is named {w:?}"),
                 );
             }
         }
+        if class == Some(BucketClass::Lab) && b.workspaces.is_empty() {
+            errors.push(
+                key("workspaces"),
+                "a lab bucket names the workspaces whose compute may use it",
+            );
+        }
+        let retention_days = b.retention_days.unwrap_or(90);
+        if retention_days == 0 {
+            errors.push(key("retention_days"), "must be greater than 0");
+        }
+        if let Some(class) = class {
+            out.push(BucketConfig {
+                name: b.name.clone(),
+                class,
+                workspaces: b.workspaces.clone(),
+                retention_days,
+                readers: b.readers.clone(),
+            });
+        }
     }
+    out
+}
+
+fn check_later(later: &LaterSections, errors: &mut Errors) {
     if let Some(e) = &later.exceptions {
         if !(e.store.starts_with("sqlite://") || e.store.starts_with("postgres://")) {
             errors.push("exceptions.store", "must be a sqlite:// or postgres:// URL");

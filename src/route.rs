@@ -22,6 +22,8 @@ pub struct Workspace {
 #[derive(Debug, Clone)]
 pub enum Route {
     Workspace(Arc<Workspace>),
+    /// One of `[s3] hosts` (or a mapped access point).
+    S3,
     Unknown,
 }
 
@@ -30,6 +32,7 @@ pub enum Route {
 pub struct RouteTable {
     exact: HashMap<String, Arc<Workspace>>,
     wildcard: Vec<(String, Arc<Workspace>)>,
+    s3: Option<crate::classify::s3::S3Hosts>,
 }
 
 impl RouteTable {
@@ -46,6 +49,10 @@ impl RouteTable {
                 }
             }
         }
+        table.s3 = config
+            .s3
+            .as_ref()
+            .map(|s| crate::classify::s3::S3Hosts::new(&s.hosts, &s.access_points));
         table
             .wildcard
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
@@ -67,12 +74,20 @@ impl RouteTable {
                 .map(|(_, w)| w.clone())
         };
         // Avoid allocating for the common already-lower-case host.
-        let found = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            lookup(&host.to_ascii_lowercase())
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
         } else {
-            lookup(host)
+            host
         };
-        found.map_or(Route::Unknown, Route::Workspace)
+        if let Some(w) = self.exact.get(host) {
+            return Route::Workspace(w.clone());
+        }
+        if self.s3.as_ref().is_some_and(|s3| s3.matches(host)) {
+            return Route::S3;
+        }
+        lookup(host).map_or(Route::Unknown, Route::Workspace)
     }
 
     pub fn workspaces(&self) -> Vec<Arc<Workspace>> {
@@ -147,6 +162,7 @@ mod tests {
     fn name(route: Route) -> String {
         match route {
             Route::Workspace(w) => w.name.clone(),
+            Route::S3 => "s3".to_owned(),
             Route::Unknown => "-".to_owned(),
         }
     }

@@ -175,6 +175,19 @@ async fn answer(
         );
         return Ok(r);
     }
+    // An S3-style error on request, so tests can see the upstream's verdict recorded.
+    if let Some(code) = query_param(parts.uri.query(), "standin-error") {
+        let code: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>stand-in</Message></Error>"
+        ))));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/xml"),
+        );
+        return Ok(r);
+    }
     if parts.uri.path() == "/static/slow" {
         let ms: u64 = query_param(parts.uri.query(), "ms")
             .and_then(|m| m.parse().ok())

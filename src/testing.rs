@@ -31,6 +31,8 @@ pub struct FixtureOptions {
     pub upstream_ca: Option<PathBuf>,
     /// Extra `[server]` lines, e.g. `upstream_timeout_ms = 300`.
     pub server_extra: Vec<String>,
+    /// Extra sections appended to the file (`[s3]`, `[[bucket]]`, …).
+    pub extra_toml: String,
 }
 
 impl Default for FixtureOptions {
@@ -45,6 +47,7 @@ impl Default for FixtureOptions {
             jwks_url: None,
             upstream_ca: None,
             server_extra: Vec::new(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -193,6 +196,8 @@ report_only = [{report_only}]
 [audit]
 dir = "{d}/audit"
 durability = "{durability}"
+
+{extra_toml}
 "#,
         listen = o.listen,
         analytics = analytics_hosts.join(", "),
@@ -200,6 +205,7 @@ durability = "{durability}"
         durability = o.durability,
         report_only = report_only.join(", "),
         server_extra = o.server_extra.join("\n"),
+        extra_toml = o.extra_toml,
     )
 }
 

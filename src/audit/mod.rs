@@ -10,6 +10,7 @@ mod record;
 mod writer;
 
 pub use record::{
-    scrub_path, scrub_query, timestamp, ClientInfo, CompletionRecord, DecisionRecord, RequestInfo,
+    scrub_path, scrub_query, timestamp, ClientInfo, CompletionRecord, CredentialInfo,
+    DecisionRecord, RequestInfo, S3AssetInfo,
 };
 pub use writer::{AuditError, AuditSink, AuditWriterHandle};

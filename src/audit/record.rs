@@ -151,6 +151,34 @@ struct AssetOut<'a> {
     path: &'a str,
 }
 
+/// An S3 object (or bucket) as the trail records it.
+#[derive(Debug, Serialize)]
+pub struct S3AssetInfo<'a> {
+    pub bucket: Option<&'a str>,
+    pub key: Option<&'a str>,
+    /// `bucket/key` of a copy's source.
+    pub copy_source: Option<&'a str>,
+}
+
+/// Which credential an S3 request presented (never the signature or the secret).
+#[derive(Debug, Serialize)]
+pub struct CredentialInfo<'a> {
+    pub access_key: &'a str,
+    pub scheme: &'static str,
+    pub temporary: bool,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AssetView<'a> {
+    Path(AssetOut<'a>),
+    S3 {
+        kind: &'static str,
+        #[serde(flatten)]
+        location: &'a S3AssetInfo<'a>,
+    },
+}
+
 #[derive(Serialize)]
 struct DecisionOut<'a> {
     effect: &'static str,
@@ -171,6 +199,9 @@ pub struct DecisionRecord<'a> {
     pub request: RequestInfo<'a>,
     pub action: Option<&'a Action>,
     pub asset: Option<&'a Asset>,
+    /// For S3 requests, recorded instead of `asset`.
+    pub s3_asset: Option<&'a S3AssetInfo<'a>>,
+    pub credential: Option<&'a CredentialInfo<'a>>,
     pub decision: &'a Decision,
 }
 
@@ -186,7 +217,9 @@ struct DecisionOutRecord<'a> {
     workspace: Option<&'a str>,
     request: &'a RequestInfo<'a>,
     action: Option<ActionOut>,
-    asset: Option<AssetOut<'a>>,
+    asset: Option<AssetView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<&'a CredentialInfo<'a>>,
     decision: DecisionOut<'a>,
 }
 
@@ -212,10 +245,18 @@ impl DecisionRecord<'_> {
                 name: a.name,
                 category: a.category.as_str(),
             }),
-            asset: self.asset.map(|a| AssetOut {
-                kind: a.kind.as_str(),
-                path: &a.path,
-            }),
+            asset: match (self.s3_asset, self.asset) {
+                (Some(location), _) => Some(AssetView::S3 {
+                    kind: "s3",
+                    location,
+                }),
+                (None, Some(a)) => Some(AssetView::Path(AssetOut {
+                    kind: a.kind.as_str(),
+                    path: &a.path,
+                })),
+                (None, None) => None,
+            },
+            credential: self.credential,
             decision: DecisionOut {
                 effect: self.decision.effect.as_str(),
                 rule: self.decision.rule,
@@ -242,6 +283,10 @@ pub struct CompletionRecord<'a> {
     pub upstream_us: Option<u64>,
     /// Why the exchange ended abnormally (upstream unreachable, client went away …).
     pub error: Option<&'a str>,
+    /// The error code an S3 upstream answered with (`SignatureDoesNotMatch`,
+    /// `InvalidAccessKeyId`, `AccessDenied`, …): its verdict on the attribution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<&'a str>,
 }
 
 impl CompletionRecord<'_> {

@@ -7,6 +7,8 @@
 pub mod body;
 pub mod databricks;
 pub mod normalize;
+pub mod s3;
+pub mod s3_body;
 mod text;
 
 use std::fmt;
@@ -109,6 +111,8 @@ pub enum AssetKind {
     Artifact,
     /// A FileStore path (`/files/…`).
     FileStore,
+    /// An S3 bucket / object (`s3://bucket/key`).
+    S3,
 }
 
 impl AssetKind {
@@ -126,6 +130,7 @@ impl AssetKind {
             AssetKind::Table => "table",
             AssetKind::Artifact => "artifact",
             AssetKind::FileStore => "filestore",
+            AssetKind::S3 => "s3",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! claim.
 
 mod jwks;
+pub mod s3;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,11 @@ impl PrincipalKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
     Jwt,
+    /// An S3 access key id mapped in `[[s3.access_key]]` (a claim until the upstream
+    /// accepts the signature).
+    S3Key,
+    /// The client's address is inside a workspace's `source_cidrs`.
+    Network,
     None,
 }
 
@@ -49,6 +55,8 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Jwt => "jwt",
+            AuthMethod::S3Key => "s3_access_key",
+            AuthMethod::Network => "network",
             AuthMethod::None => "none",
         }
     }

@@ -27,6 +27,8 @@ pub struct Completion {
     pub bytes_out: u64,
     pub upstream_us: Option<u64>,
     pub error: Option<&'static str>,
+    /// An S3 upstream's error code, when it answered with one.
+    pub upstream_error: Option<String>,
     done: bool,
 }
 
@@ -50,6 +52,7 @@ impl Completion {
             upstream_us: None,
             // Until something says otherwise, the exchange did not finish.
             error: Some("the request ended before a response was sent"),
+            upstream_error: None,
             done: false,
         }
     }
@@ -72,6 +75,7 @@ impl Completion {
             duration_us: self.started.elapsed().as_micros() as u64,
             upstream_us: self.upstream_us,
             error: self.error,
+            upstream_error: self.upstream_error.as_deref(),
         };
         self.sink.record_completion(record.to_json());
     }

@@ -72,6 +72,26 @@ pub fn set_forwarded(
     headers.remove(header::HOST);
 }
 
+/// For S3: the same forwarding headers, but the client's `Host` stays — it is part of every
+/// SigV4 signature, and changing it breaks the request.
+pub fn set_forwarded_keep_host(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    proto: &'static str,
+    request_id: &HeaderValue,
+) {
+    let host = headers.get(header::HOST).cloned();
+    let host_text = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    set_forwarded(headers, client_ip, proto, &host_text, request_id);
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+}
+
 /// A client's `x-request-id` is kept when it is short and printable; otherwise we make one.
 pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     let v = headers.get(&X_REQUEST_ID)?;

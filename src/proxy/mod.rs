@@ -9,6 +9,7 @@ pub mod body;
 pub mod framing;
 pub mod headers;
 pub mod respond;
+pub mod s3;
 pub mod server;
 
 use std::borrow::Cow;
@@ -38,12 +39,23 @@ use crate::route::{host_of, Route, RouteTable, Workspace};
 
 use body::{Completion, CountingBody, ProxyBody, ResponseBody};
 use headers::{client_request_id, set_forwarded, strip_hop_by_hop};
-use respond::{refusal_response, Refusal};
+use respond::{refusal_response, refusal_response_in, Dialect, Refusal};
 
 /// Bodies the decision depends on are read up to this size; larger ones are refused.
 pub const MAX_INSPECTED_BODY: usize = 1 << 20;
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// The S3 side, when configured.
+pub(crate) struct S3Gateway {
+    hosts: classify::s3::S3Hosts,
+    callers: crate::identity::s3::S3Callers,
+    buckets: Vec<crate::config::BucketConfig>,
+    upstream: crate::config::Upstream,
+    /// HTTP/1.1 only: the client's Host must reach the upstream as signed, and h2 would
+    /// replace it with `:authority`.
+    client: UpstreamClient,
+}
 
 /// A workspace's upstream clients: pooled (h2 where the upstream offers it) and, for
 /// protocol upgrades, HTTP/1.1 only.
@@ -67,6 +79,7 @@ pub struct Gateway {
     exceptions: Box<dyn Exceptions + Send + Sync>,
     request_ids: RequestIds,
     stopping: Stopping,
+    s3: Option<S3Gateway>,
 }
 
 impl Gateway {
@@ -98,6 +111,28 @@ impl Gateway {
                 upgrade: build(false)?,
             });
         }
+        let s3 = match &config.s3 {
+            None => None,
+            Some(c) => {
+                let connector = crate::tls::https_connector(
+                    c.upstream_ca.as_deref(),
+                    config.server.connect_timeout,
+                    false,
+                )
+                .map_err(|e| format!("s3: {e}"))?;
+                Some(S3Gateway {
+                    hosts: classify::s3::S3Hosts::new(&c.hosts, &c.access_points),
+                    callers: crate::identity::s3::S3Callers::from_config(config),
+                    buckets: config.buckets.clone(),
+                    upstream: c.upstream.clone(),
+                    client: Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(config.server.idle_timeout)
+                        .pool_timer(TokioTimer::new())
+                        .timer(TokioTimer::new())
+                        .build(connector),
+                })
+            }
+        };
         Ok(Gateway {
             gateway_id: Arc::from(config.server.gateway_id.as_str()),
             routes: RouteTable::from_config(config),
@@ -110,6 +145,7 @@ impl Gateway {
             exceptions: Box::new(NoExceptions),
             request_ids: RequestIds::new(),
             stopping,
+            s3,
         })
     }
 
@@ -195,6 +231,10 @@ struct Exchange<'g> {
     principal: Option<Arc<Principal>>,
     action: Option<Action>,
     asset: Option<Asset>,
+    /// The error format the client understands.
+    dialect: Dialect,
+    /// What an S3 request names and presents, for the record.
+    s3: Option<s3::S3Record>,
 }
 
 impl Exchange<'_> {
@@ -205,6 +245,13 @@ impl Exchange<'_> {
     /// Writes the decision record; an error means the request must not go on.
     async fn record(&self, decision: &Decision) -> Result<(), crate::audit::AuditError> {
         let ts = timestamp(SystemTime::now());
+        let s3_asset = self.s3.as_ref().map(s3::S3Record::asset);
+        let credential = self.s3.as_ref().and_then(s3::S3Record::credential);
+        let workspace = match (&self.workspace, &self.s3) {
+            (Some(w), _) => Some(w.name.as_str()),
+            (None, Some(s3)) => s3.workspace.as_deref(),
+            (None, None) => None,
+        };
         let record = DecisionRecord {
             ts: &ts,
             gateway: &self.gw.gateway_id,
@@ -215,7 +262,7 @@ impl Exchange<'_> {
                 cert_subject: self.conn.cert_subject.as_deref(),
             },
             principal: self.principal.as_deref(),
-            workspace: self.workspace.as_ref().map(|w| w.name.as_str()),
+            workspace,
             request: RequestInfo {
                 method: self.method.as_str(),
                 host: &self.host,
@@ -224,6 +271,8 @@ impl Exchange<'_> {
             },
             action: self.action.as_ref(),
             asset: self.asset.as_ref(),
+            s3_asset: s3_asset.as_ref(),
+            credential: credential.as_ref(),
             decision,
         };
         self.gw.audit.record_decision(record.to_json()).await
@@ -256,7 +305,13 @@ impl Exchange<'_> {
             return self.unrecordable(e);
         }
         log_decision(self, decision);
-        let response = refusal_response(refusal, decision.rule, &decision.reason, &self.request_id);
+        let response = refusal_response_in(
+            self.dialect,
+            refusal,
+            decision.rule,
+            &decision.reason,
+            &self.request_id,
+        );
         let len = http_body::Body::size_hint(response.body())
             .exact()
             .unwrap_or(0);
@@ -266,7 +321,8 @@ impl Exchange<'_> {
 
     fn unrecordable(&self, e: crate::audit::AuditError) -> Response<ProxyBody> {
         tracing::error!(request_id = self.request_id_str(), error = %e, "request refused: the audit trail cannot take its record");
-        refusal_response(
+        refusal_response_in(
+            self.dialect,
             Refusal::Unavailable,
             "audit.unavailable",
             "the audit trail cannot record this request right now, so it was not forwarded; retry shortly",
@@ -313,6 +369,8 @@ pub async fn handle(
         principal: None,
         action: None,
         asset: None,
+        dialect: Dialect::Databricks,
+        s3: None,
     };
     let mut response = pipeline(&mut x, req).await;
     response
@@ -346,9 +404,23 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
             )
             .await;
     }
-    let routed = match route_and_classify(
+    let authority = match check_framing(x.conn.sni.as_deref(), &x.method, req.uri(), req.headers())
+    {
+        Ok(a) => a,
+        Err(refused) => {
+            x.host = refused.host;
+            return x
+                .refuse(refused.refusal, refused.rule, refused.reason)
+                .await;
+        }
+    };
+    if matches!(x.gw.routes.route(&authority), Route::S3) {
+        x.host = authority;
+        return s3::pipeline(x, req).await;
+    }
+    let routed = match classify_for_workspace(
         &x.gw.routes,
-        x.conn.sni.as_deref(),
+        &authority,
         &x.method,
         req.version(),
         req.uri(),
@@ -486,18 +558,16 @@ pub struct Refused {
     pub workspace: Option<Arc<Workspace>>,
 }
 
-/// Framing checks, routing and classification: pure, shared by the data path and `explain`.
-/// Refuses what different parsers could read differently (several Host headers, both
-/// Content-Length and Transfer-Encoding, an absolute-form target naming another host, a TLS
-/// name that disagrees with Host) and paths that cannot be normalised unambiguously.
-pub fn route_and_classify(
-    routes: &RouteTable,
+/// Checks every request must pass before it is routed: pure. Refuses what different parsers
+/// could read differently (several Host or Authorization headers, both Content-Length and
+/// Transfer-Encoding, an absolute-form target naming another host, a TLS name that disagrees
+/// with Host, method overrides, bodies on GET/HEAD). Returns the authority to route on.
+pub fn check_framing(
     sni: Option<&str>,
     method: &Method,
-    version: Version,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Routed, Refused> {
+) -> Result<String, Refused> {
     let refuse =
         |refusal, rule, reason: Cow<'static, str>, host: &str, ws: Option<&Arc<Workspace>>| {
             Refused {
@@ -600,9 +670,46 @@ pub fn route_and_classify(
             ));
         }
     }
+    Ok(authority.to_owned())
+}
+
+/// Routing and classification of a Databricks workspace request: pure, shared by the data
+/// path and `explain`. Refuses paths that cannot be normalised unambiguously.
+pub fn route_and_classify(
+    routes: &RouteTable,
+    sni: Option<&str>,
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Routed, Refused> {
+    let authority = check_framing(sni, method, uri, headers)?;
+    classify_for_workspace(routes, &authority, method, version, uri, headers)
+}
+
+/// After `check_framing`: the workspace, the normalised path, the classification and where
+/// an allowed request goes.
+fn classify_for_workspace(
+    routes: &RouteTable,
+    authority: &str,
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Routed, Refused> {
+    let refuse =
+        |refusal, rule, reason: Cow<'static, str>, host: &str, ws: Option<&Arc<Workspace>>| {
+            Refused {
+                refusal,
+                rule,
+                reason,
+                host: host.to_owned(),
+                workspace: ws.cloned(),
+            }
+        };
     let workspace = match routes.route(authority) {
         Route::Workspace(w) => w,
-        Route::Unknown => {
+        Route::S3 | Route::Unknown => {
             return Err(refuse(
                 Refusal::Forbidden,
                 "route.unknown_host",

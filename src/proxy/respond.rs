@@ -82,32 +82,129 @@ pub fn databricks_body(refusal: Refusal, rule: &str, reason: &str, request_id: &
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
-/// A complete error response.
+/// Which client family a refusal is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Databricks SDKs and CLIs: JSON `error_code` / `message`.
+    Databricks,
+    /// AWS SDKs and CLI: S3's XML `<Error>`.
+    S3,
+}
+
+impl Refusal {
+    fn s3_code(self) -> &'static str {
+        match self {
+            Refusal::Forbidden | Refusal::Unauthenticated => "AccessDenied",
+            Refusal::BadRequest | Refusal::Misdirected => "InvalidRequest",
+            Refusal::TooLarge => "EntityTooLarge",
+            Refusal::RequestTimeout => "RequestTimeout",
+            Refusal::Unavailable => "ServiceUnavailable",
+            Refusal::BadGateway => "InternalError",
+            Refusal::GatewayTimeout => "RequestTimeout",
+        }
+    }
+}
+
+/// S3's XML error body, so the AWS CLI prints `An error occurred (AccessDenied) …: <message>`.
+pub fn s3_body(refusal: Refusal, rule: &str, reason: &str, request_id: &str) -> Bytes {
+    let message = match refusal {
+        Refusal::Forbidden | Refusal::Unauthenticated => format!(
+            "Gatehouse denied this request (rule {rule}): {reason}. Request id: {request_id}"
+        ),
+        _ => format!("Gatehouse: {reason} (rule {rule}). Request id: {request_id}"),
+    };
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>{}</RequestId></Error>",
+        refusal.s3_code(),
+        xml_escape(&message),
+        xml_escape(request_id)
+    ))
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A complete error response in the Databricks dialect.
 pub fn refusal_response(
     refusal: Refusal,
     rule: &str,
     reason: &str,
     request_id: &HeaderValue,
 ) -> Response<ProxyBody> {
+    refusal_response_in(Dialect::Databricks, refusal, rule, reason, request_id)
+}
+
+/// A complete error response in the client's dialect.
+pub fn refusal_response_in(
+    dialect: Dialect,
+    refusal: Refusal,
+    rule: &str,
+    reason: &str,
+    request_id: &HeaderValue,
+) -> Response<ProxyBody> {
     let rid = request_id.to_str().unwrap_or("-");
-    let body = databricks_body(refusal, rule, reason, rid);
+    let (body, content_type) = match dialect {
+        Dialect::Databricks => (
+            databricks_body(refusal, rule, reason, rid),
+            "application/json",
+        ),
+        Dialect::S3 => (s3_body(refusal, rule, reason, rid), "application/xml"),
+    };
     let mut response = Response::new(
         Full::new(body)
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
-    *response.status_mut() = refusal.status();
+    *response.status_mut() = match (dialect, refusal) {
+        // S3 clients know no 401: an unattributable caller is AccessDenied.
+        (Dialect::S3, Refusal::Unauthenticated) => StatusCode::FORBIDDEN,
+        _ => refusal.status(),
+    };
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if dialect == Dialect::S3 {
+        if let Ok(v) = HeaderValue::from_str(rid) {
+            headers.insert("x-amz-request-id", v);
+        }
+    }
     headers.insert("x-request-id", request_id.clone());
-    if refusal == Refusal::Unauthenticated {
+    if refusal == Refusal::Unauthenticated && dialect == Dialect::Databricks {
         headers.insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"gatehouse\""),
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_errors_are_xml_with_the_rule_and_request_id_escaped() {
+        let body = s3_body(
+            Refusal::Forbidden,
+            "buckets.raw_blocked",
+            "raw <bucket> & co",
+            "r-1",
+        );
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.contains("<Code>AccessDenied</Code>"));
+        assert!(text
+            .contains("(rule buckets.raw_blocked): raw &lt;bucket&gt; &amp; co. Request id: r-1"));
+        assert!(text.contains("<RequestId>r-1</RequestId>"));
+    }
 }

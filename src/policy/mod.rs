@@ -244,6 +244,7 @@ fn is_serving_configuration(action: &Action) -> bool {
     action.category == Category::Config || action.name == "serving.config.read"
 }
 
+pub mod s3;
+
 #[cfg(test)]
-#[path = "policy_tests.rs"]
 mod tests;

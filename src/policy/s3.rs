@@ -1,0 +1,288 @@
+//! Bucket rules: `(Principal, caller's workspace, S3 request, buckets, exceptions) → Decision`,
+//! pure like the Databricks side and with rule ids in the same style.
+//!
+//! - `raw`: nothing, unless an approved exception covers it;
+//! - `lab`: read and write for the compute of the workspaces it names; its retention,
+//!   versioning and governance may not be weakened;
+//! - `prod-output`: written only by service principals of its writer workspaces (default
+//!   `prod`), read by them and by the named readers, never by people;
+//! - a bucket the configuration does not list: denied (egress is deny-by-default).
+//!
+//! A copy is decided on both buckets: reading its source and writing its destination.
+
+use std::borrow::Cow;
+
+use super::{Decision, Effect, Exceptions, Rules};
+use crate::classify::s3::S3Access;
+use crate::classify::s3_body::ConfigVerdict;
+use crate::classify::{Action, Asset, AssetKind};
+use crate::config::{BucketClass, BucketConfig};
+use crate::identity::{Principal, PrincipalKind};
+
+/// The workspace that writes production output when a `prod-output` bucket names none.
+pub const DEFAULT_PROD_WORKSPACE: &str = "prod";
+
+/// What the policy needs to know about one S3 request.
+#[derive(Debug, Clone)]
+pub struct BucketRequest<'a> {
+    pub action: &'a Action,
+    pub access: S3Access,
+    pub bucket: Option<&'a str>,
+    pub key: Option<&'a str>,
+    /// `(bucket, key)` of a copy's source; `Some(("", _))` when the source names no bucket
+    /// the gateway can resolve.
+    pub copy_source: Option<(&'a str, &'a str)>,
+    /// The verdict on a lifecycle or versioning body, for the operations that carry one.
+    pub config_body: Option<ConfigVerdict>,
+}
+
+/// The configured buckets, by name.
+pub struct Buckets<'a> {
+    pub list: &'a [BucketConfig],
+}
+
+impl Buckets<'_> {
+    fn get(&self, name: &str) -> Option<&BucketConfig> {
+        self.list.iter().find(|b| b.name == name)
+    }
+}
+
+/// Decides one S3 request. `workspace` is the caller's workspace (from its access key or its
+/// network), if known.
+pub fn decide(
+    rules: &Rules,
+    principal: &Principal,
+    workspace: Option<&str>,
+    buckets: &Buckets<'_>,
+    req: &BucketRequest<'_>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    let d = decide_enforced(rules, principal, workspace, buckets, req, exceptions);
+    if d.effect == Effect::Deny && rules.report_only.contains(d.rule) {
+        return Decision {
+            effect: Effect::WouldDeny,
+            ..d
+        };
+    }
+    d
+}
+
+fn deny(rule: &'static str, reason: impl Into<Cow<'static, str>>) -> Decision {
+    Decision::deny(rule, reason)
+}
+
+fn decide_enforced(
+    rules: &Rules,
+    principal: &Principal,
+    workspace: Option<&str>,
+    buckets: &Buckets<'_>,
+    req: &BucketRequest<'_>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    if principal.in_any_group(&rules.deny_groups) {
+        return deny(
+            "principal.denied_group",
+            "downstream tenant identities consume published data products through the central catalog only; they have no direct bucket access",
+        );
+    }
+    let Some(bucket) = req.bucket else {
+        return match req.access {
+            S3Access::ListBuckets => Decision {
+                effect: Effect::Allow,
+                rule: "buckets.list_all",
+                reason: Cow::Borrowed("listing bucket names returns no data"),
+                exception: None,
+            },
+            _ => deny("buckets.unknown", "the request names no bucket"),
+        };
+    };
+    if let Some((source_bucket, source_key)) = req.copy_source {
+        let read = BucketRequest {
+            action: req.action,
+            access: S3Access::ReadData,
+            bucket: Some(source_bucket),
+            key: Some(source_key),
+            copy_source: None,
+            config_body: None,
+        };
+        let d = decide_bucket(
+            principal,
+            workspace,
+            buckets,
+            source_bucket,
+            &read,
+            exceptions,
+        );
+        if d.effect != Effect::Allow {
+            return Decision {
+                reason: Cow::Owned(format!("copy source: {}", d.reason)),
+                ..d
+            };
+        }
+    }
+    decide_bucket(principal, workspace, buckets, bucket, req, exceptions)
+}
+
+fn decide_bucket(
+    principal: &Principal,
+    workspace: Option<&str>,
+    buckets: &Buckets<'_>,
+    bucket: &str,
+    req: &BucketRequest<'_>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    let Some(config) = buckets.get(bucket) else {
+        return deny(
+            "buckets.unknown",
+            format!(
+                "bucket {bucket} is not in the gateway's bucket list; egress is deny-by-default"
+            ),
+        );
+    };
+    match config.class {
+        BucketClass::Raw => {
+            let asset = Asset::new(
+                AssetKind::S3,
+                format!("s3://{bucket}/{}", req.key.unwrap_or("")),
+            );
+            match exceptions.covering(principal, workspace.unwrap_or("-"), req.action, Some(&asset)) {
+                Some(id) => Decision {
+                    effect: Effect::Allow,
+                    rule: "exception.approved",
+                    reason: Cow::Owned(format!("buckets.raw_blocked lifted by approved exception {id}")),
+                    exception: Some(id),
+                },
+                None => deny(
+                    "buckets.raw_blocked",
+                    format!("raw bucket {bucket} is closed to everyone; read governed data through the catalog, or ask a CDAO approver for a time-boxed exception"),
+                ),
+            }
+        }
+        BucketClass::Lab => lab(config, workspace, req),
+        BucketClass::ProdOutput => prod_output(config, principal, workspace, req),
+    }
+}
+
+fn lab(config: &BucketConfig, workspace: Option<&str>, req: &BucketRequest<'_>) -> Decision {
+    let member = workspace.is_some_and(|w| config.workspaces.iter().any(|x| x == w));
+    if !member {
+        return deny(
+            "buckets.lab_workspace",
+            format!(
+                "lab bucket {} is for the compute of {} only",
+                config.name,
+                config.workspaces.join(", ")
+            ),
+        );
+    }
+    if req.access == S3Access::ChangeBucket {
+        return lab_change(config, req);
+    }
+    allow()
+}
+
+/// Bucket-level changes to a lab bucket: only those that keep its guarantees.
+fn lab_change(config: &BucketConfig, req: &BucketRequest<'_>) -> Decision {
+    let verdict = |what: &'static str, rule: &'static str| match req.config_body {
+        Some(ConfigVerdict::Keeps) => allow(),
+        Some(ConfigVerdict::Weakens(why)) => {
+            deny(rule, format!("{what} of lab bucket {}: {why}", config.name))
+        }
+        Some(ConfigVerdict::Malformed(why)) => deny(
+            rule,
+            format!(
+                "{what} of lab bucket {} could not be checked: {why}",
+                config.name
+            ),
+        ),
+        None => deny(
+            rule,
+            format!("{what} of lab bucket {} could not be checked", config.name),
+        ),
+    };
+    match req.action.name {
+        "PutBucketLifecycleConfiguration" => verdict(
+            "the lifecycle configuration",
+            "buckets.lab_retention",
+        ),
+        "DeleteBucketLifecycle" => deny(
+            "buckets.lab_retention",
+            format!(
+                "the lifecycle of lab bucket {} enforces its {}-day retention and may not be removed",
+                config.name, config.retention_days
+            ),
+        ),
+        "PutBucketVersioning" => verdict("the versioning configuration", "buckets.lab_versioning"),
+        "PutBucketTagging" => allow(),
+        other => deny(
+            "buckets.lab_governance",
+            format!(
+                "{other} would change the governance of lab bucket {} (deletion, policy, ACL and other bucket settings are managed by the platform)",
+                config.name
+            ),
+        ),
+    }
+}
+
+fn prod_output(
+    config: &BucketConfig,
+    principal: &Principal,
+    workspace: Option<&str>,
+    req: &BucketRequest<'_>,
+) -> Decision {
+    if principal.kind != PrincipalKind::ServicePrincipal {
+        return deny(
+            "buckets.prod_output_people",
+            format!(
+                "production output bucket {} is never touched by people",
+                config.name
+            ),
+        );
+    }
+    let writer = workspace.is_some_and(|w| {
+        if config.workspaces.is_empty() {
+            w == DEFAULT_PROD_WORKSPACE
+        } else {
+            config.workspaces.iter().any(|x| x == w)
+        }
+    });
+    let reader = writer || config.readers.contains(&principal.id);
+    match req.access {
+        S3Access::WriteData if writer => allow(),
+        S3Access::WriteData => deny(
+            "buckets.prod_output_writer",
+            format!(
+                "production output bucket {} is written only by production service principals",
+                config.name
+            ),
+        ),
+        S3Access::ChangeBucket => deny(
+            "buckets.prod_output_governance",
+            format!(
+                "the settings of production output bucket {} are managed by the platform",
+                config.name
+            ),
+        ),
+        _ if reader => allow(),
+        _ => deny(
+            "buckets.prod_output_reader",
+            format!(
+                "production output bucket {} is read only by production service principals and its named readers",
+                config.name
+            ),
+        ),
+    }
+}
+
+fn allow() -> Decision {
+    Decision {
+        effect: Effect::Allow,
+        rule: "default.allow",
+        reason: Cow::Borrowed("allowed by the bucket rules"),
+        exception: None,
+    }
+}
+
+#[cfg(test)]
+#[path = "s3_tests.rs"]
+mod tests;

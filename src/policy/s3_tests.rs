@@ -1,0 +1,262 @@
+use super::*;
+use crate::classify::Category;
+use crate::config::UnknownApi;
+use crate::identity::AuthMethod;
+use crate::policy::NoExceptions;
+
+fn sp(id: &str) -> Principal {
+    Principal {
+        id: id.into(),
+        kind: PrincipalKind::ServicePrincipal,
+        groups: vec![],
+        auth: AuthMethod::S3Key,
+    }
+}
+
+fn person(id: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::User,
+        ..sp(id)
+    }
+}
+
+fn buckets() -> Vec<BucketConfig> {
+    vec![
+        BucketConfig {
+            name: "buk-aiml-lab".into(),
+            class: BucketClass::Lab,
+            workspaces: vec!["prod-analytics".into()],
+            retention_days: 90,
+            readers: vec![],
+        },
+        BucketConfig {
+            name: "buk-raw".into(),
+            class: BucketClass::Raw,
+            workspaces: vec![],
+            retention_days: 90,
+            readers: vec![],
+        },
+        BucketConfig {
+            name: "buk-prod-out".into(),
+            class: BucketClass::ProdOutput,
+            workspaces: vec![],
+            retention_days: 90,
+            readers: vec!["sp-edp-sync".into()],
+        },
+    ]
+}
+
+fn rules() -> Rules {
+    Rules {
+        deny_groups: vec!["tenant-martech".into()],
+        unknown_api: UnknownApi::Deny,
+        report_only: Default::default(),
+    }
+}
+
+const GET: Action = Action::new("GetObject", Category::Download);
+const PUT: Action = Action::new("PutObject", Category::Upload);
+const LIST: Action = Action::new("ListObjectsV2", Category::Metadata);
+const COPY: Action = Action::new("CopyObject", Category::Upload);
+const DELETE_LIFECYCLE: Action = Action::new("DeleteBucketLifecycle", Category::Config);
+const PUT_LIFECYCLE: Action = Action::new("PutBucketLifecycleConfiguration", Category::Config);
+const PUT_POLICY: Action = Action::new("PutBucketPolicy", Category::Config);
+const LIST_BUCKETS: Action = Action::new("ListBuckets", Category::Metadata);
+
+fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketRequest<'a> {
+    BucketRequest {
+        action,
+        access,
+        bucket: (!bucket.is_empty()).then_some(bucket),
+        key: Some("k"),
+        copy_source: None,
+        config_body: None,
+    }
+}
+
+fn rule(p: &Principal, ws: Option<&str>, r: &BucketRequest<'_>) -> (Effect, &'static str) {
+    let list = buckets();
+    let d = decide(&rules(), p, ws, &Buckets { list: &list }, r, &NoExceptions);
+    (d.effect, d.rule)
+}
+
+#[test]
+fn the_bucket_table() {
+    use Effect::{Allow as A, Deny as D};
+    let lab_sp = sp("sp-aiml-lab");
+    let prod_sp = sp("sp-aiml-prod");
+    let sync = sp("sp-edp-sync");
+    let alice = person("alice@bank.example");
+    let lab = Some("prod-analytics");
+    let prod = Some("prod");
+    type Case<'a> = (
+        &'a Principal,
+        Option<&'a str>,
+        BucketRequest<'a>,
+        (Effect, &'a str),
+    );
+    let cases: Vec<Case> = vec![
+        (
+            &lab_sp,
+            lab,
+            req(&GET, S3Access::ReadData, "buk-aiml-lab"),
+            (A, "default.allow"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&PUT, S3Access::WriteData, "buk-aiml-lab"),
+            (A, "default.allow"),
+        ),
+        (
+            &alice,
+            lab,
+            req(&LIST, S3Access::List, "buk-aiml-lab"),
+            (A, "default.allow"),
+        ),
+        (
+            &prod_sp,
+            prod,
+            req(&GET, S3Access::ReadData, "buk-aiml-lab"),
+            (D, "buckets.lab_workspace"),
+        ),
+        (
+            &lab_sp,
+            None,
+            req(&GET, S3Access::ReadData, "buk-aiml-lab"),
+            (D, "buckets.lab_workspace"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&GET, S3Access::ReadData, "buk-raw"),
+            (D, "buckets.raw_blocked"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&LIST, S3Access::List, "buk-raw"),
+            (D, "buckets.raw_blocked"),
+        ),
+        (
+            &prod_sp,
+            prod,
+            req(&PUT, S3Access::WriteData, "buk-raw"),
+            (D, "buckets.raw_blocked"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&GET, S3Access::ReadData, "buk-nobody-knows"),
+            (D, "buckets.unknown"),
+        ),
+        (
+            &prod_sp,
+            prod,
+            req(&PUT, S3Access::WriteData, "buk-prod-out"),
+            (A, "default.allow"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&PUT, S3Access::WriteData, "buk-prod-out"),
+            (D, "buckets.prod_output_writer"),
+        ),
+        (
+            &sync,
+            None,
+            req(&GET, S3Access::ReadData, "buk-prod-out"),
+            (A, "default.allow"),
+        ),
+        (
+            &sync,
+            None,
+            req(&PUT, S3Access::WriteData, "buk-prod-out"),
+            (D, "buckets.prod_output_writer"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&GET, S3Access::ReadData, "buk-prod-out"),
+            (D, "buckets.prod_output_reader"),
+        ),
+        (
+            &alice,
+            prod,
+            req(&GET, S3Access::ReadData, "buk-prod-out"),
+            (D, "buckets.prod_output_people"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&DELETE_LIFECYCLE, S3Access::ChangeBucket, "buk-aiml-lab"),
+            (D, "buckets.lab_retention"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&PUT_POLICY, S3Access::ChangeBucket, "buk-aiml-lab"),
+            (D, "buckets.lab_governance"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&PUT_LIFECYCLE, S3Access::ChangeBucket, "buk-aiml-lab"),
+            (D, "buckets.lab_retention"),
+        ),
+        (
+            &lab_sp,
+            lab,
+            req(&LIST_BUCKETS, S3Access::ListBuckets, ""),
+            (A, "buckets.list_all"),
+        ),
+    ];
+    for (p, ws, r, expected) in cases {
+        assert_eq!(
+            rule(p, ws, &r),
+            expected,
+            "{} {:?} {:?}",
+            p.id,
+            r.action.name,
+            r.bucket
+        );
+    }
+}
+
+#[test]
+fn a_lifecycle_change_is_allowed_only_when_it_keeps_the_retention() {
+    let p = sp("sp-aiml-lab");
+    let mut r = req(&PUT_LIFECYCLE, S3Access::ChangeBucket, "buk-aiml-lab");
+    r.config_body = Some(ConfigVerdict::Keeps);
+    assert_eq!(rule(&p, Some("prod-analytics"), &r).0, Effect::Allow);
+    r.config_body = Some(ConfigVerdict::Weakens("longer"));
+    assert_eq!(
+        rule(&p, Some("prod-analytics"), &r),
+        (Effect::Deny, "buckets.lab_retention")
+    );
+}
+
+#[test]
+fn a_copy_is_decided_on_its_source_and_its_destination() {
+    let p = sp("sp-aiml-lab");
+    let ws = Some("prod-analytics");
+    let mut r = req(&COPY, S3Access::WriteData, "buk-aiml-lab");
+    r.copy_source = Some(("buk-raw", "x"));
+    let (effect, rule_id) = rule(&p, ws, &r);
+    assert_eq!((effect, rule_id), (Effect::Deny, "buckets.raw_blocked"));
+    r.copy_source = Some(("buk-aiml-lab", "y"));
+    assert_eq!(rule(&p, ws, &r).0, Effect::Allow);
+    r.copy_source = Some(("", "z"));
+    assert_eq!(rule(&p, ws, &r), (Effect::Deny, "buckets.unknown"));
+}
+
+#[test]
+fn tenants_are_denied_everywhere() {
+    let mut p = sp("sp-martech");
+    p.groups = vec!["tenant-martech".into()];
+    let r = req(&GET, S3Access::ReadData, "buk-aiml-lab");
+    assert_eq!(
+        rule(&p, Some("prod-analytics"), &r),
+        (Effect::Deny, "principal.denied_group")
+    );
+}

@@ -1,0 +1,374 @@
+//! The S3 data path: parse bucket, key and operation; attribute the signature's access key
+//! (or the client's network); inspect the few bucket-configuration bodies the rules depend
+//! on; decide with the bucket rules; record; and forward *unchanged* — the client's Host, raw
+//! path, query, every header and the body — because any change breaks the SigV4 signature.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use super::body::{CountingBody, ProxyBody, ResponseBody};
+use super::headers::{set_forwarded_keep_host, strip_hop_by_hop};
+use super::respond::{refusal_response_in, Dialect, Refusal};
+use super::{log_decision, Exchange, MAX_INSPECTED_BODY};
+use crate::audit::{CredentialInfo, S3AssetInfo};
+use crate::classify::s3 as s3c;
+use crate::classify::s3_body::{self, ConfigVerdict};
+use crate::policy::s3::{decide, BucketRequest, Buckets};
+use crate::policy::Effect;
+
+/// S3 error bodies are small; a larger one is passed on without reading its code.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What the trail records about an S3 request beyond the common fields.
+#[derive(Debug, Default)]
+pub struct S3Record {
+    pub bucket: Option<String>,
+    pub key: Option<String>,
+    pub copy_source: Option<String>,
+    pub access_key: Option<(String, &'static str, bool)>,
+    /// The caller's workspace (from its key or its network).
+    pub workspace: Option<String>,
+}
+
+impl S3Record {
+    pub fn asset(&self) -> S3AssetInfo<'_> {
+        S3AssetInfo {
+            bucket: self.bucket.as_deref(),
+            key: self.key.as_deref(),
+            copy_source: self.copy_source.as_deref(),
+        }
+    }
+
+    pub fn credential(&self) -> Option<CredentialInfo<'_>> {
+        self.access_key
+            .as_ref()
+            .map(|(id, scheme, temporary)| CredentialInfo {
+                access_key: id,
+                scheme,
+                temporary: *temporary,
+            })
+    }
+}
+
+pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    x.dialect = Dialect::S3;
+    let mut record = S3Record::default();
+    let Some(s3) = x.gw.s3.as_ref() else {
+        return x
+            .refuse(
+                Refusal::Forbidden,
+                "route.unknown_host",
+                "S3 is not configured",
+            )
+            .await;
+    };
+
+    // ---- what: bucket, key, operation ----
+    let target = match s3c::target(&s3.hosts, &x.host, req.uri().path()) {
+        Ok(t) => t,
+        Err(e) => {
+            x.s3 = Some(record);
+            return x
+                .refuse(
+                    Refusal::BadRequest,
+                    "request.unnormalisable",
+                    format!("the S3 request target cannot be read unambiguously: {e}"),
+                )
+                .await;
+        }
+    };
+    record.bucket = target.bucket.clone();
+    record.key = target.key.clone();
+    let class = match s3c::classify(&x.method, &target, req.uri().query(), req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            x.s3 = Some(record);
+            return x
+                .refuse(
+                    Refusal::BadRequest,
+                    "request.malformed",
+                    format!("the S3 operation cannot be read unambiguously: {e}"),
+                )
+                .await;
+        }
+    };
+    record.copy_source = class.copy_source.as_ref().map(s3c::CopySource::display);
+    x.action = Some(class.action);
+
+    // ---- who: the signature's access key, else the client's network ----
+    let claim = match s3c::access_key(req.headers(), req.uri().query()) {
+        Ok(c) => c,
+        Err(e) => {
+            x.s3 = Some(record);
+            return x
+                .refuse(
+                    Refusal::BadRequest,
+                    "request.malformed",
+                    format!("the request's credentials are ambiguous: {e}"),
+                )
+                .await;
+        }
+    };
+    record.access_key = claim
+        .as_ref()
+        .map(|c| (c.id.clone(), c.scheme.as_str(), c.temporary));
+    let caller = s3
+        .callers
+        .attribute(claim.as_ref().map(|c| c.id.as_str()), x.conn.peer.ip());
+    let Some(caller) = caller else {
+        x.s3 = Some(record);
+        return x
+            .refuse(
+                Refusal::Unauthenticated,
+                "identity.s3_unknown_caller",
+                "the access key is not mapped to a principal and the client's network belongs to no workspace",
+            )
+            .await;
+    };
+    record.workspace = caller.workspace.clone();
+    x.principal = Some(std::sync::Arc::new(caller.principal.clone()));
+    x.s3 = Some(record);
+
+    // ---- the few bodies the bucket rules read ----
+    let (parts, incoming) = req.into_parts();
+    let workspace = caller.workspace.as_deref();
+    if !matches!(
+        class.action.name,
+        "PutBucketLifecycleConfiguration" | "PutBucketVersioning"
+    ) {
+        return decide_and_forward(x, class, workspace, None, parts, Forward::Stream(incoming))
+            .await;
+    }
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bytes = if encoded {
+        None
+    } else {
+        let collect = Limited::new(incoming, MAX_INSPECTED_BODY).collect();
+        match tokio::time::timeout(x.gw.body_timeout, collect).await {
+            Ok(Ok(c)) => Some(c.to_bytes()),
+            _ => None,
+        }
+    };
+    let retention = class
+        .bucket
+        .as_deref()
+        .and_then(|b| s3.buckets.iter().find(|c| c.name == b))
+        .map_or(0, |c| c.retention_days);
+    let verdict = match &bytes {
+        // Unreadable: the rules deny, so the empty body below is never forwarded.
+        None => ConfigVerdict::Malformed(
+            "the configuration body could not be read (encoded, larger than 1 MiB or too slow)",
+        ),
+        Some(b) if class.action.name == "PutBucketVersioning" => s3_body::versioning_keeps(b),
+        Some(b) => s3_body::lifecycle_keeps_retention(b, retention),
+    };
+    let body = Forward::Buffered(bytes.unwrap_or_default());
+    decide_and_forward(x, class, workspace, Some(verdict), parts, body).await
+}
+
+enum Forward {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+async fn decide_and_forward(
+    x: &mut Exchange<'_>,
+    class: s3c::S3Classification,
+    workspace: Option<&str>,
+    config_body: Option<ConfigVerdict>,
+    mut parts: http::request::Parts,
+    body: Forward,
+) -> Response<ProxyBody> {
+    let Some(s3) = x.gw.s3.as_ref() else {
+        return x
+            .refuse(
+                Refusal::Forbidden,
+                "route.unknown_host",
+                "S3 is not configured",
+            )
+            .await;
+    };
+    let copy_source = class
+        .copy_source
+        .as_ref()
+        .map(|c| (c.bucket.as_deref().unwrap_or(""), c.key.as_str()));
+    let request = BucketRequest {
+        action: &class.action,
+        access: class.access,
+        bucket: class.bucket.as_deref(),
+        key: class.key.as_deref(),
+        copy_source,
+        config_body,
+    };
+    let Some(principal) = x.principal.clone() else {
+        return x
+            .refuse(
+                Refusal::Unauthenticated,
+                "identity.s3_unknown_caller",
+                "the caller is unknown",
+            )
+            .await;
+    };
+    let decision = decide(
+        &x.gw.rules,
+        &principal,
+        workspace,
+        &Buckets { list: &s3.buckets },
+        &request,
+        x.gw.exceptions.as_ref(),
+    );
+    if decision.effect == Effect::Deny {
+        return x.refuse_with(Refusal::Forbidden, &decision).await;
+    }
+    if let Err(e) = x.record(&decision).await {
+        return x.unrecordable(e);
+    }
+    log_decision(x, &decision);
+
+    // ---- forward exactly what the client signed ----
+    let mut target = String::with_capacity(parts.uri.path().len() + 64);
+    target.push_str(s3.upstream.scheme_str());
+    target.push_str("://");
+    target.push_str(&s3.upstream.authority);
+    target.push_str(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let Ok(uri) = target.parse::<Uri>() else {
+        return refusal_response_in(
+            Dialect::S3,
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request target cannot be forwarded",
+            &x.request_id,
+        );
+    };
+    let completion = x.completion();
+    let upstream_body: ProxyBody = match body {
+        Forward::Buffered(bytes) => {
+            completion
+                .bytes_in
+                .store(bytes.len() as u64, Ordering::Relaxed);
+            Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        }
+        Forward::Stream(incoming) => {
+            CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
+        }
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers, false);
+    set_forwarded_keep_host(
+        &mut parts.headers,
+        &x.conn.peer_ip,
+        if x.conn.tls { "https" } else { "http" },
+        &x.request_id,
+    );
+    let upstream_req = Request::from_parts(parts, upstream_body);
+    let sent = Instant::now();
+    let result = tokio::time::timeout(x.gw.upstream_timeout, s3.client.request(upstream_req)).await;
+    let mut completion = completion;
+    completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
+    let response = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => {
+            let (refusal, rule, why, error) = if result.is_err() {
+                (
+                    Refusal::GatewayTimeout,
+                    "upstream.timeout",
+                    "the S3 upstream did not answer in time",
+                    "the upstream did not answer in time",
+                )
+            } else {
+                (
+                    Refusal::BadGateway,
+                    "upstream.failed",
+                    "the S3 upstream could not be reached",
+                    "the upstream could not be reached or failed",
+                )
+            };
+            completion.error = Some(error);
+            let r = refusal_response_in(Dialect::S3, refusal, rule, why, &x.request_id);
+            completion.status = r.status().as_u16();
+            return r;
+        }
+    };
+    completion.status = response.status().as_u16();
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if !parts.status.is_client_error() && !parts.status.is_server_error() {
+        return Response::from_parts(
+            parts,
+            ResponseBody::new(incoming, completion).boxed_unsync(),
+        );
+    }
+    // An error: read its (small) body for the upstream's verdict, then pass it on as is.
+    let small = http_body::Body::size_hint(&incoming)
+        .upper()
+        .is_some_and(|n| n <= MAX_ERROR_BODY as u64);
+    if !small {
+        return Response::from_parts(
+            parts,
+            ResponseBody::new(incoming, completion).boxed_unsync(),
+        );
+    }
+    let bytes = match Limited::new(incoming, MAX_ERROR_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            completion.error = Some("the upstream error body could not be read");
+            return Response::from_parts(
+                parts,
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+        }
+    };
+    completion.upstream_error = s3_error_code(&bytes);
+    completion.bytes_out = bytes.len() as u64;
+    completion.error = None;
+    drop(completion);
+    if let Ok(v) = HeaderValue::from_str(&bytes.len().to_string()) {
+        parts.headers.insert(header::CONTENT_LENGTH, v);
+    }
+    Response::from_parts(
+        parts,
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+}
+
+/// The `<Code>` of an S3 XML error body.
+pub fn s3_error_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = start + text[start..].find("</Code>")?;
+    let code = text[start..end].trim();
+    (!code.is_empty() && code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| code.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_error_code_is_read_from_the_xml() {
+        let body = b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>x</Message></Error>";
+        assert_eq!(
+            s3_error_code(body).as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+        assert_eq!(s3_error_code(b"<Error><Code><script></Code></Error>"), None);
+        assert_eq!(s3_error_code(b"not xml"), None);
+    }
+}
