@@ -105,5 +105,96 @@ fn token_verification(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, classify_and_decide, token_verification);
+fn s3_classify_and_decide(c: &mut Criterion) {
+    use gatehouse::classify::s3::{access_key, classify, target, S3Hosts};
+    use gatehouse::config::{BucketClass, BucketConfig};
+    use gatehouse::policy::s3::{decide as decide_s3, BucketRequest, Buckets};
+
+    let hosts = S3Hosts::new(
+        &[
+            "s3.eu-west-2.amazonaws.com".into(),
+            "*.s3.eu-west-2.amazonaws.com".into(),
+        ],
+        &[],
+    );
+    let buckets = vec![
+        BucketConfig {
+            name: "buk-aiml-lab".into(),
+            class: BucketClass::Lab,
+            workspaces: vec!["prod-analytics".into()],
+            retention_days: 90,
+            readers: vec![],
+        },
+        BucketConfig {
+            name: "buk-raw-landing".into(),
+            class: BucketClass::Raw,
+            workspaces: vec![],
+            retention_days: 90,
+            readers: vec![],
+        },
+    ];
+    let rules = Rules {
+        deny_groups: vec!["tenant-martech".into()],
+        unknown_api: UnknownApi::Deny,
+        report_only: Default::default(),
+    };
+    let principal = Principal {
+        id: "sp-aiml-lab".into(),
+        kind: PrincipalKind::ServicePrincipal,
+        groups: vec![],
+        auth: AuthMethod::S3Key,
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("AWS4-HMAC-SHA256 Credential=AKIALABEXAMPLE00001/20261127/eu-west-2/s3/aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+    );
+    let cases = [
+        (
+            "lab_get_path_style",
+            "s3.eu-west-2.amazonaws.com",
+            "/buk-aiml-lab/features/2026/11/part-0001.parquet",
+        ),
+        (
+            "raw_get_virtual_hosted",
+            "buk-raw-landing.s3.eu-west-2.amazonaws.com",
+            "/2026/11/customers.csv",
+        ),
+    ];
+    let mut group = c.benchmark_group("s3_classify_and_decide");
+    for (name, host, path) in cases {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let t = target(&hosts, black_box(host), black_box(path)).expect("target");
+                let class = classify(&Method::GET, &t, None, &headers).expect("operation");
+                let key = access_key(&headers, None).expect("credential");
+                let request = BucketRequest {
+                    action: &class.action,
+                    access: class.access,
+                    bucket: class.bucket.as_deref(),
+                    key: class.key.as_deref(),
+                    copy_source: None,
+                    config_body: None,
+                };
+                let d = decide_s3(
+                    &rules,
+                    &principal,
+                    Some("prod-analytics"),
+                    &Buckets { list: &buckets },
+                    &request,
+                    &NoExceptions,
+                );
+                black_box((d.effect, key.is_some()))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    classify_and_decide,
+    s3_classify_and_decide,
+    token_verification
+);
 criterion_main!(benches);

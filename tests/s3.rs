@@ -20,6 +20,10 @@ fn s3_options(upstream_placeholder: &str) -> FixtureOptions {
 hosts = ["localhost", "127.0.0.1", "*.s3.test"]
 upstream = "{upstream_placeholder}"
 
+[[s3.access_point]]
+host = "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com"
+bucket = "buk-raw-landing"
+
 [[s3.access_key]]
 id = "{LAB_KEY}"
 principal = "sp-aiml-lab"
@@ -353,6 +357,31 @@ async fn virtual_hosted_requests_name_their_bucket_in_the_host() {
     let answer = send(&h, raw).await;
     assert!(
         answer.starts_with("HTTP/1.1 403") && answer.contains("buckets.raw_blocked"),
+        "{answer}"
+    );
+    assert!(h.standin.seen().is_empty());
+}
+
+#[tokio::test]
+async fn access_points_are_routed_only_when_mapped() {
+    let h = s3_harness().await;
+    let get = |host: &str| {
+        format!(
+            "GET /2026/customers.csv HTTP/1.1\r\nHost: {host}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            sigv4(LAB_KEY)
+        )
+    };
+    // Mapped to the raw bucket: its rules apply.
+    let answer = send(
+        &h,
+        get("rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com"),
+    )
+    .await;
+    assert!(answer.contains("buckets.raw_blocked"), "{answer}");
+    // Under a configured suffix but not mapped: denied, never guessed.
+    let answer = send(&h, get("otherap-123456789012.s3-accesspoint.s3.test")).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("buckets.unknown"),
         "{answer}"
     );
     assert!(h.standin.seen().is_empty());

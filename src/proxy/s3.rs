@@ -72,6 +72,16 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     // ---- what: bucket, key, operation ----
     let target = match s3c::target(&s3.hosts, &x.host, req.uri().path()) {
         Ok(t) => t,
+        Err(e @ (s3c::S3Error::UnmappedAccessPoint | s3c::S3Error::AccessPointAlias)) => {
+            x.s3 = Some(record);
+            return x
+                .refuse(
+                    Refusal::Forbidden,
+                    "buckets.unknown",
+                    format!("{e}; only access points mapped to a listed bucket are routed"),
+                )
+                .await;
+        }
         Err(e) => {
             x.s3 = Some(record);
             return x
