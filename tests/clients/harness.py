@@ -364,7 +364,7 @@ def dig(rec: Dict[str, Any], dotted: str) -> Any:
 
 # Variables through which a developer's own setup could steer a client away from the gateway,
 # to another credential, or off certificate verification.
-_SCRUB_PREFIXES = ("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_", "MLFLOW_")
+_SCRUB_PREFIXES = ("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_", "MLFLOW_", "AWS_")
 _SCRUB_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
                 "NETRC", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
                 "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "SYSTEM_ACCESSTOKEN"}
@@ -373,8 +373,9 @@ _SCRUB_NAMES = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_p
 def client_env(home: Path, ca_bundle: Optional[Path], base: Optional[Dict[str, str]] = None,
                **extra: str) -> Dict[str, str]:
     """An environment for a real client: the caller's environment minus anything Databricks,
-    cloud, proxy or CA related, with an empty HOME (no ~/.databrickscfg, no ~/.netrc), a config
-    file path that does not exist, and `REQUESTS_CA_BUNDLE` = the dev CA."""
+    cloud (AWS_* too: these machines export AWS_CA_BUNDLE), proxy or CA related, with an empty
+    HOME (no ~/.databrickscfg, no ~/.netrc), a config file path that does not exist, and
+    `REQUESTS_CA_BUNDLE` = the dev CA."""
     env = dict(os.environ if base is None else base)
     for k in list(env):
         if k.startswith(_SCRUB_PREFIXES) or k in _SCRUB_NAMES:

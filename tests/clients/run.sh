@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the real-client tests (databricks-sdk, legacy databricks-cli) against the gateway binary.
+# Runs the real-client tests (databricks-sdk, legacy databricks-cli; the AWS CLI and boto3 in
+# front of moto's server mode) against the gateway binary.
 # It does not build the gateway: run `cargo build` first, or point GATEHOUSE_BIN at a binary.
 # The virtual environment (.venv at the repo root) is (re)created when requirements.txt changes.
 # Extra arguments go to pytest. The exit code is pytest's.
