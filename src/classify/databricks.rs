@@ -266,8 +266,22 @@ const DOWNLOAD_SWITCHES: &[&str] = &[
 const UPLOAD_ACTIONS: &[&str] = &["initiate-upload", "complete-upload", "abort-upload"];
 
 /// Classifies one workspace request. `query` is the raw query string (no `?`).
+/// Paths with more segments than this are classified from a heap copy of the segment list.
+const MAX_SEGMENTS: usize = 32;
+
 pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> Classification {
-    let segs = path.segments();
+    // Segments as a slice, on the stack for any path a client really sends.
+    let mut on_stack: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+    let spilled: Vec<&str>;
+    let segs: &[&str] = if path.len() <= MAX_SEGMENTS {
+        for (slot, seg) in on_stack.iter_mut().zip(path.segments()) {
+            *slot = seg;
+        }
+        &on_stack[..path.len()]
+    } else {
+        spilled = path.segments().collect();
+        &spilled
+    };
     let mut bufs = [[0u8; WORD_CAP]; MAX_WORDS];
     let (words, count) = fold_words(segs, &mut bufs);
     let req = Request {
@@ -286,9 +300,7 @@ pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> 
         }
         ["driver-proxy-api" | "driver-proxy", ..] => {
             let cluster = match req.words {
-                [_, "o", _, ..] => segs
-                    .get(3)
-                    .map(|c| Asset::new(AssetKind::Cluster, c.as_str())),
+                [_, "o", _, ..] => segs.get(3).map(|c| Asset::new(AssetKind::Cluster, *c)),
                 _ => None,
             };
             classified(DRIVER_PROXY, cluster)
@@ -323,7 +335,7 @@ struct Request<'a> {
     method: &'a Method,
     query: Option<&'a str>,
     words: &'a [&'a str],
-    segs: &'a [String],
+    segs: &'a [&'a str],
 }
 
 impl<'a> Request<'a> {
@@ -341,7 +353,7 @@ impl<'a> Request<'a> {
     }
 
     fn seg_asset(&self, at: usize, kind: AssetKind) -> Option<Asset> {
-        self.segs.get(at).map(|s| Asset::new(kind, s.as_str()))
+        self.segs.get(at).map(|s| Asset::new(kind, *s))
     }
 
     fn tail_asset(&self, from: usize, kind: AssetKind) -> Option<Asset> {
@@ -766,7 +778,7 @@ fn classified(action: Action, asset: Option<Asset>) -> Classification {
 /// Folds up to `MAX_WORDS` segments into `bufs`; a segment that cannot be a route word
 /// becomes `OPAQUE`. Returns the words and how many there are.
 fn fold_words<'b>(
-    segs: &[String],
+    segs: &[&str],
     bufs: &'b mut [[u8; WORD_CAP]; MAX_WORDS],
 ) -> ([&'b str; MAX_WORDS], usize) {
     let mut words = [OPAQUE; MAX_WORDS];
@@ -815,7 +827,7 @@ fn starts_folded(text: &str, lower_prefix: &str) -> bool {
 }
 
 /// The segments from `from` on, joined with `/`, with a leading `/`.
-fn tail(segs: &[String], from: usize) -> Option<String> {
+fn tail(segs: &[&str], from: usize) -> Option<String> {
     let rest = segs.get(from..).filter(|rest| !rest.is_empty())?;
     let mut out = String::with_capacity(rest.iter().map(|s| s.len() + 1).sum());
     for seg in rest {

@@ -34,7 +34,11 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// A request path reduced to its decoded segments, with dot segments resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NormalizedPath {
-    segments: Vec<String>,
+    /// The decoded segments back to back: one allocation, not one per segment, because this
+    /// runs for every request.
+    buf: String,
+    /// Where each segment ends in `buf`.
+    ends: Vec<usize>,
     trailing_slash: bool,
 }
 
@@ -65,7 +69,8 @@ pub enum PathError {
 /// for forwarding but plays no part in matching.
 pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    let mut segments: Vec<String> = Vec::with_capacity(rest.matches('/').count() + 1);
+    let mut buf = String::with_capacity(rest.len());
+    let mut ends: Vec<usize> = Vec::with_capacity(rest.matches('/').count() + 1);
     let mut trailing_slash = false;
     for raw_segment in rest.split('/') {
         // Tomcat-style path parameters: servers disagree on whether `..;x` is `..`, so the
@@ -78,28 +83,44 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
         match &*segment {
             "" | "." => trailing_slash = true,
             ".." => {
-                if segments.pop().is_none() {
+                if ends.pop().is_none() {
                     return Err(PathError::AboveRoot);
                 }
+                buf.truncate(ends.last().copied().unwrap_or(0));
                 trailing_slash = true;
             }
             _ => {
-                segments.push(segment.into_owned());
+                buf.push_str(&segment);
+                ends.push(buf.len());
                 trailing_slash = false;
             }
         }
     }
-    let trailing_slash = trailing_slash && !segments.is_empty();
+    let trailing_slash = trailing_slash && !ends.is_empty();
     Ok(NormalizedPath {
-        segments,
+        buf,
+        ends,
         trailing_slash,
     })
 }
 
 impl NormalizedPath {
     /// The decoded segments, none empty, none `.` or `..`, none containing `/`.
-    pub fn segments(&self) -> &[String] {
-        &self.segments
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.buf[start..self.ends[i]]
+        })
+    }
+
+    /// How many segments there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether this is the root path `/`.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
     }
 
     /// The decoded path, `/a/b`, without a trailing slash (`/` for the root), built on demand
@@ -117,11 +138,11 @@ impl NormalizedPath {
     /// The canonical percent-encoded form forwarded upstream; normalising it again yields
     /// this same path.
     pub fn encoded(&self) -> String {
-        if self.segments.is_empty() {
+        if self.ends.is_empty() {
             return String::from("/");
         }
-        let mut out = String::with_capacity(self.segments.iter().map(|s| s.len() + 4).sum());
-        for segment in &self.segments {
+        let mut out = String::with_capacity(self.buf.len() + 4 * self.ends.len());
+        for segment in self.segments() {
             out.push('/');
             out.extend(utf8_percent_encode(segment, SEGMENT));
         }
@@ -135,10 +156,10 @@ impl NormalizedPath {
 /// Writes the decoded form, as [`NormalizedPath::decoded`] returns it.
 impl fmt::Display for NormalizedPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.segments.is_empty() {
+        if self.ends.is_empty() {
             return f.write_str("/");
         }
-        for segment in &self.segments {
+        for segment in self.segments() {
             f.write_str("/")?;
             f.write_str(segment)?;
         }

@@ -294,3 +294,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn very_deep_paths_classify_like_shallow_ones() {
+    // More segments than the classifier keeps on its stack.
+    let deep: String = (0..40).map(|i| format!("/d{i}")).collect();
+    let raw = format!("/api/2.0/fs/files/Volumes/main/raw/v{deep}/x.csv");
+    let path = crate::classify::normalize_path(&raw).unwrap();
+    let c = classify(&http::Method::GET, &path, None);
+    assert_eq!(c.action.name, "files.download");
+    let asset = c.asset.unwrap();
+    assert!(asset.path.ends_with("/d39/x.csv"), "{}", asset.path);
+    assert!(
+        asset.path.starts_with("/Volumes/main/raw/v/d0/"),
+        "{}",
+        asset.path
+    );
+}
