@@ -107,6 +107,17 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// A deny by a rule in `report_only` becomes `would_deny`: recorded, not enforced.
+    pub fn report_mode(&self, decision: Decision) -> Decision {
+        if decision.effect == Effect::Deny && self.report_only.contains(decision.rule) {
+            return Decision {
+                effect: Effect::WouldDeny,
+                ..decision
+            };
+        }
+        decision
+    }
+
     pub fn from_config(config: &Config) -> Rules {
         Rules {
             deny_groups: config.identity.deny_groups.clone(),
@@ -125,14 +136,9 @@ pub fn decide(
     asset: Option<&Asset>,
     exceptions: &dyn Exceptions,
 ) -> Decision {
-    let decision = decide_enforced(rules, principal, workspace, action, asset, exceptions);
-    if decision.effect == Effect::Deny && rules.report_only.contains(decision.rule) {
-        return Decision {
-            effect: Effect::WouldDeny,
-            ..decision
-        };
-    }
-    decision
+    rules.report_mode(decide_enforced(
+        rules, principal, workspace, action, asset, exceptions,
+    ))
 }
 
 fn decide_enforced(

@@ -57,14 +57,9 @@ pub fn decide(
     req: &BucketRequest<'_>,
     exceptions: &dyn Exceptions,
 ) -> Decision {
-    let d = decide_enforced(rules, principal, workspace, buckets, req, exceptions);
-    if d.effect == Effect::Deny && rules.report_only.contains(d.rule) {
-        return Decision {
-            effect: Effect::WouldDeny,
-            ..d
-        };
-    }
-    d
+    rules.report_mode(decide_enforced(
+        rules, principal, workspace, buckets, req, exceptions,
+    ))
 }
 
 fn deny(rule: &'static str, reason: impl Into<Cow<'static, str>>) -> Decision {

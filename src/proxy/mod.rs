@@ -851,6 +851,25 @@ enum ForwardBody {
     Buffered(Bytes),
 }
 
+impl ForwardBody {
+    /// The body to send, counting what goes up into the completion record.
+    fn into_upstream(self, completion: &Completion) -> ProxyBody {
+        match self {
+            ForwardBody::Buffered(bytes) => {
+                completion
+                    .bytes_in
+                    .store(bytes.len() as u64, Ordering::Relaxed);
+                Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync()
+            }
+            ForwardBody::Stream(incoming) => {
+                CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
+            }
+        }
+    }
+}
+
 /// Whether the head announces a body (a non-zero length, or any transfer coding).
 fn carries_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
@@ -890,19 +909,7 @@ async fn forward(
     };
 
     let completion = x.completion();
-    let body: ProxyBody = match body {
-        ForwardBody::Buffered(bytes) => {
-            completion
-                .bytes_in
-                .store(bytes.len() as u64, Ordering::Relaxed);
-            Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        }
-        ForwardBody::Stream(incoming) => {
-            CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
-        }
-    };
+    let body = body.into_upstream(&completion);
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, upgrade);

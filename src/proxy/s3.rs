@@ -3,19 +3,17 @@
 //! on; decide with the bucket rules; record; and forward *unchanged* — the client's Host, raw
 //! path, query, every header and the body — because any change breaks the SigV4 signature.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
-use super::body::{CountingBody, ProxyBody, ResponseBody};
+use super::body::{ProxyBody, ResponseBody};
 use super::headers::{set_forwarded_keep_host, strip_hop_by_hop};
 use super::respond::{refusal_response_in, Dialect, Refusal};
-use super::{log_decision, Exchange, MAX_INSPECTED_BODY};
+use super::{log_decision, Exchange, ForwardBody, MAX_INSPECTED_BODY};
 use crate::audit::{CredentialInfo, S3AssetInfo};
 use crate::classify::s3 as s3c;
 use crate::classify::s3_body::{self, ConfigVerdict};
@@ -152,8 +150,15 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
         class.action.name,
         "PutBucketLifecycleConfiguration" | "PutBucketVersioning"
     ) {
-        return decide_and_forward(x, class, workspace, None, parts, Forward::Stream(incoming))
-            .await;
+        return decide_and_forward(
+            x,
+            class,
+            workspace,
+            None,
+            parts,
+            ForwardBody::Stream(incoming),
+        )
+        .await;
     }
     let encoded = parts
         .headers
@@ -181,13 +186,8 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
         Some(b) if class.action.name == "PutBucketVersioning" => s3_body::versioning_keeps(b),
         Some(b) => s3_body::lifecycle_keeps_retention(b, retention),
     };
-    let body = Forward::Buffered(bytes.unwrap_or_default());
+    let body = ForwardBody::Buffered(bytes.unwrap_or_default());
     decide_and_forward(x, class, workspace, Some(verdict), parts, body).await
-}
-
-enum Forward {
-    Stream(Incoming),
-    Buffered(Bytes),
 }
 
 async fn decide_and_forward(
@@ -196,7 +196,7 @@ async fn decide_and_forward(
     workspace: Option<&str>,
     config_body: Option<ConfigVerdict>,
     mut parts: http::request::Parts,
-    body: Forward,
+    body: ForwardBody,
 ) -> Response<ProxyBody> {
     let Some(s3) = x.gw.s3.as_ref() else {
         return x
@@ -260,19 +260,7 @@ async fn decide_and_forward(
         );
     };
     let completion = x.completion();
-    let upstream_body: ProxyBody = match body {
-        Forward::Buffered(bytes) => {
-            completion
-                .bytes_in
-                .store(bytes.len() as u64, Ordering::Relaxed);
-            Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync()
-        }
-        Forward::Stream(incoming) => {
-            CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
-        }
-    };
+    let upstream_body = body.into_upstream(&completion);
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, false);
