@@ -133,6 +133,30 @@ async fn answer(
     let upgrade = req.headers().contains_key(header::UPGRADE);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    // An S3-style error on request, so tests can see the upstream's verdict recorded.
+    if let Some(code) = query_param(parts.uri.query(), "standin-error") {
+        let code: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
+        let mut r = Response::new(Full::new(Bytes::from(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>stand-in</Message></Error>"
+        ))));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/xml"),
+        );
+        // Answered from the headers alone, like S3 rejecting a bad signature: the body
+        // is never read, so a well-behaved gateway never tells its client to send it.
+        if let Ok(mut r) = record.lock() {
+            r.push(Seen {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().map(str::to_owned),
+                headers: parts.headers.clone(),
+                body_len: 0,
+            });
+        }
+        return Ok(r);
+    }
     let body = if upgrade {
         Bytes::new()
     } else {
@@ -172,19 +196,6 @@ async fn answer(
         r.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("upgrade"),
-        );
-        return Ok(r);
-    }
-    // An S3-style error on request, so tests can see the upstream's verdict recorded.
-    if let Some(code) = query_param(parts.uri.query(), "standin-error") {
-        let code: String = code.chars().filter(char::is_ascii_alphanumeric).collect();
-        let mut r = Response::new(Full::new(Bytes::from(format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>stand-in</Message></Error>"
-        ))));
-        *r.status_mut() = StatusCode::FORBIDDEN;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/xml"),
         );
         return Ok(r);
     }

@@ -386,3 +386,64 @@ async fn access_points_are_routed_only_when_mapped() {
     );
     assert!(h.standin.seen().is_empty());
 }
+
+/// `Expect: 100-continue`: the client's body is held back until the upstream asks for it, so
+/// an upstream that rejects from the headers (a bad signature) is what the client hears.
+#[tokio::test]
+async fn expect_continue_waits_for_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = s3_harness().await;
+    let head = |target: &str| {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: {}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            h.port,
+            sigv4(LAB_KEY)
+        )
+    };
+    // Rejected from the headers: the client gets the 403, never a 100.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    s.write_all(head("/buk-aiml-lab/x?standin-error=SignatureDoesNotMatch").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(first.starts_with("HTTP/1.1 403"), "{first}");
+    assert!(first.contains("SignatureDoesNotMatch"));
+
+    // Accepted: the upstream's go-ahead reaches the client, then the body goes through.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    s.write_all(head("/buk-aiml-lab/y").as_bytes())
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(first.starts_with("HTTP/1.1 100"), "{first}");
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = String::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut chunk = vec![0u8; 4096];
+        while let Ok(n) = s.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            rest.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            if rest.contains("received_bytes") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains("\"received_bytes\":5"), "{rest}");
+}

@@ -1,5 +1,6 @@
 //! Streaming bodies that count bytes, and the completion hook that fires exactly once.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -200,6 +201,102 @@ where
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a request with `Expect: 100-continue` waits for the upstream's go-ahead before
+/// its body is sent anyway (as curl does), for upstreams that never answer 100.
+pub const CONTINUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opened by the upstream's `100 Continue` (or its final answer, or a timeout). Until then the
+/// client's body is not read, so hyper does not tell the client to send it: an upstream that
+/// rejects a request from its headers (a bad signature) is heard by the client as such.
+#[derive(Default)]
+pub struct ContinueGate {
+    open: std::sync::atomic::AtomicBool,
+    aborted: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl ContinueGate {
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// The upstream answered before asking for the body: it will never get it, and the
+    /// client is never told to send it.
+    pub fn abort_if_closed(&self) {
+        if !self.is_open() {
+            self.aborted.store(true, Ordering::Release);
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.waker.lock().ok().and_then(|mut w| w.take()) {
+            w.wake();
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// A request body held back until its gate opens.
+pub struct GatedBody<B> {
+    inner: B,
+    gate: Arc<ContinueGate>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> GatedBody<B> {
+    pub fn new(inner: B, gate: Arc<ContinueGate>) -> Self {
+        GatedBody {
+            inner,
+            gate,
+            deadline: Box::pin(tokio::time::sleep(CONTINUE_TIMEOUT)),
+        }
+    }
+}
+
+impl<B> Body for GatedBody<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.gate.aborted.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(
+                "the upstream answered before it asked for the body".into(),
+            )));
+        }
+        if !this.gate.is_open() {
+            if let Ok(mut w) = this.gate.waker.lock() {
+                *w = Some(cx.waker().clone());
+            }
+            // Re-check after registering, so an open() in between is not missed.
+            if !this.gate.is_open() && this.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.gate.open.store(true, Ordering::Release);
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -37,7 +37,7 @@ use crate::identity::{IdentityError, KeyStore, Principal, Verifier};
 use crate::policy::{self, Decision, Effect, Exceptions, NoExceptions, RuleId, Rules};
 use crate::route::{host_of, Route, RouteTable, Workspace};
 
-use body::{Completion, CountingBody, ProxyBody, ResponseBody};
+use body::{Completion, ContinueGate, CountingBody, GatedBody, ProxyBody, ResponseBody};
 use headers::{client_request_id, set_forwarded, strip_hop_by_hop};
 use respond::{refusal_response, refusal_response_in, Dialect, Refusal};
 
@@ -852,8 +852,9 @@ enum ForwardBody {
 }
 
 impl ForwardBody {
-    /// The body to send, counting what goes up into the completion record.
-    fn into_upstream(self, completion: &Completion) -> ProxyBody {
+    /// The body to send, counting what goes up into the completion record. With a gate
+    /// (`Expect: 100-continue`), a streamed body waits for the upstream's go-ahead.
+    fn into_upstream(self, completion: &Completion, gate: Option<Arc<ContinueGate>>) -> ProxyBody {
         match self {
             ForwardBody::Buffered(bytes) => {
                 completion
@@ -864,9 +865,34 @@ impl ForwardBody {
                     .boxed_unsync()
             }
             ForwardBody::Stream(incoming) => {
-                CountingBody::new(incoming, completion.bytes_in.clone()).boxed_unsync()
+                let counted = CountingBody::new(incoming, completion.bytes_in.clone());
+                match gate {
+                    Some(gate) => GatedBody::new(counted, gate).boxed_unsync(),
+                    None => counted.boxed_unsync(),
+                }
             }
         }
+    }
+}
+
+/// For a request that asks `Expect: 100-continue`: a gate the upstream's `100 Continue`
+/// opens, registered on the upstream request. The caller opens it too once the upstream's
+/// final answer is in (the body is then either not needed or sent after all).
+pub(crate) fn continue_gate(parts: &http::request::Parts) -> Option<Arc<ContinueGate>> {
+    let expects = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    expects.then(|| Arc::new(ContinueGate::default()))
+}
+
+pub(crate) fn open_on_continue<B>(req: &mut Request<B>, gate: &Option<Arc<ContinueGate>>) {
+    if let Some(gate) = gate.clone() {
+        hyper::ext::on_informational(req, move |res| {
+            if res.status() == http::StatusCode::CONTINUE {
+                gate.open();
+            }
+        });
     }
 }
 
@@ -909,7 +935,8 @@ async fn forward(
     };
 
     let completion = x.completion();
-    let body = body.into_upstream(&completion);
+    let gate = continue_gate(&parts);
+    let body = body.into_upstream(&completion, gate.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -920,7 +947,8 @@ async fn forward(
         &x.host,
         &x.request_id,
     );
-    let upstream_req = Request::from_parts(parts, body);
+    let mut upstream_req = Request::from_parts(parts, body);
+    open_on_continue(&mut upstream_req, &gate);
 
     let clients = &x.gw.clients[workspace.client];
     let client = if upgrade {
@@ -930,6 +958,9 @@ async fn forward(
     };
     let sent = Instant::now();
     let result = tokio::time::timeout(x.gw.upstream_timeout, client.request(upstream_req)).await;
+    if let Some(gate) = &gate {
+        gate.abort_if_closed();
+    }
     let mut completion = completion;
     completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
     let mut response = match result {

@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use super::body::{ProxyBody, ResponseBody};
 use super::headers::{set_forwarded_keep_host, strip_hop_by_hop};
 use super::respond::{refusal_response_in, Dialect, Refusal};
-use super::{log_decision, Exchange, ForwardBody, MAX_INSPECTED_BODY};
+use super::{
+    continue_gate, log_decision, open_on_continue, Exchange, ForwardBody, MAX_INSPECTED_BODY,
+};
 use crate::audit::{CredentialInfo, S3AssetInfo};
 use crate::classify::s3 as s3c;
 use crate::classify::s3_body::{self, ConfigVerdict};
@@ -260,7 +262,8 @@ async fn decide_and_forward(
         );
     };
     let completion = x.completion();
-    let upstream_body = body.into_upstream(&completion);
+    let gate = continue_gate(&parts);
+    let upstream_body = body.into_upstream(&completion, gate.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, false);
@@ -270,9 +273,13 @@ async fn decide_and_forward(
         if x.conn.tls { "https" } else { "http" },
         &x.request_id,
     );
-    let upstream_req = Request::from_parts(parts, upstream_body);
+    let mut upstream_req = Request::from_parts(parts, upstream_body);
+    open_on_continue(&mut upstream_req, &gate);
     let sent = Instant::now();
     let result = tokio::time::timeout(x.gw.upstream_timeout, s3.client.request(upstream_req)).await;
+    if let Some(gate) = &gate {
+        gate.abort_if_closed();
+    }
     let mut completion = completion;
     completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
     let response = match result {

@@ -415,17 +415,23 @@ class AwsCli:
 
 
 def s3_client(endpoint: str, key: AccessKey, ca_bundle: Optional[Path], signature_version: Optional[str] = None,
-              addressing_style: str = "path") -> Any:
+              addressing_style: str = "path", total_max_attempts: Optional[int] = None) -> Any:
     """A boto3 S3 client with explicit credentials, region, endpoint and CA bundle (never the
-    process's), one attempt, short timeouts. The caller's process environment must already be
-    scrubbed of AWS_* (test_s3.py does so for the module)."""
+    process's), at most one retry (below), short timeouts. The caller's process environment
+    must already be scrubbed of AWS_* (test_s3.py does so for the module).
+
+    botocore reads `retries={"max_attempts": 1}` as one *retry* (two attempts in all, sent as
+    `amz-sdk-request: attempt=1; max=2`); `total_max_attempts=1` makes it a single attempt."""
     import boto3
     from botocore.config import Config
 
     session = boto3.session.Session(aws_access_key_id=key.id, aws_secret_access_key=key.secret,
                                     aws_session_token=key.session_token, region_name=REGION)
+    retries: Dict[str, Any] = {"max_attempts": 1, "mode": "standard"}
+    if total_max_attempts is not None:
+        retries = {"total_max_attempts": total_max_attempts, "mode": "standard"}
     cfg = Config(signature_version=signature_version, connect_timeout=CLI_CONNECT_TIMEOUT_S,
-                 read_timeout=CLI_READ_TIMEOUT_S, retries={"max_attempts": 1, "mode": "standard"},
+                 read_timeout=CLI_READ_TIMEOUT_S, retries=retries,
                  s3={"addressing_style": addressing_style})
     verify: Any = str(ca_bundle) if ca_bundle is not None else True
     return session.client("s3", endpoint_url=endpoint, config=cfg, verify=verify)
