@@ -378,6 +378,14 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
                 s(&r["decision"]["effect"]),
                 s(&r["decision"]["rule"])
             );
+        } else if r["phase"] != "completion" {
+            println!(
+                "{:>4} {:<10} gateway {} (the trail's own {} record, in the same hash chain)",
+                r["seq"].as_u64().unwrap_or(0),
+                s(&r["phase"]),
+                s(&r["gateway"]),
+                s(&r["phase"])
+            );
         } else {
             println!(
                 "{:>4} {:<10} status {} in {} µs, {} bytes out",
@@ -387,6 +395,19 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
                 r["duration_us"],
                 r["bytes_out"]
             );
+        }
+    }
+    match crate::audit::verify::verify_dir(&config.audit.dir) {
+        Ok(reports) => {
+            let n: u64 = reports.iter().map(|r| r.records).sum();
+            println!(
+                "Hash chain: {n} records verified (gatehouse audit verify {})",
+                config.audit.dir.display()
+            );
+        }
+        Err(e) => {
+            failures += 1;
+            println!("Hash chain: FAILED: {e}");
         }
     }
     println!();

@@ -199,3 +199,40 @@ impl TokenSigner {
         jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default()
     }
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::engine::general_purpose::STANDARD;
+    let b64 = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Writes a new Ed25519 key pair: PKCS#8 private key to `out` (0600), SubjectPublicKeyInfo
+/// public key to `out.pub`. Returns the public key's path.
+pub fn write_ed25519_keypair(out: &Path) -> Result<std::path::PathBuf, String> {
+    use ring::signature::KeyPair;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| "cannot generate an Ed25519 key".to_owned())?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| "cannot read the generated key".to_owned())?;
+    // SPKI for Ed25519: SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING key }.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    write_file(out, pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes(), true)?;
+    let mut pub_path = out.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let pub_path = std::path::PathBuf::from(pub_path);
+    write_file(&pub_path, pem("PUBLIC KEY", &spki).as_bytes(), false)?;
+    Ok(pub_path)
+}

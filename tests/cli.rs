@@ -216,3 +216,76 @@ fn the_demo_runs_and_every_request_is_handled_as_expected() {
         .any(|r| r["decision"]["rule"] == "downloads.blocked"));
     assert!(Path::new(&demo.join("tokens/alice.jwt")).exists());
 }
+
+#[test]
+fn audit_keygen_writes_a_private_and_a_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("keys/audit-signing.key");
+    let (code, out, err) = gatehouse(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("audit-signing.key.pub"));
+    let private = std::fs::read_to_string(&key).unwrap();
+    let public = std::fs::read_to_string(dir.path().join("keys/audit-signing.key.pub")).unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0);
+    }
+}
+
+#[test]
+fn audit_verify_accepts_the_demo_trail_and_names_the_first_tampered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let audit = demo.join("audit");
+    let (code, out, err) = gatehouse(&["audit", "verify", audit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok,"), "{out}");
+
+    let trail = std::fs::read_dir(&audit)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let original = std::fs::read_to_string(&trail).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let check = |text: String| {
+        std::fs::write(&trail, text).unwrap();
+        gatehouse(&["audit", "verify", audit.to_str().unwrap()])
+    };
+    // An edited field.
+    let edited = original.replacen("\"effect\":\"deny\"", "\"effect\":\"allow\"", 1);
+    let (code, _, err) = check(edited);
+    assert_eq!(code, 1);
+    assert!(err.contains("altered"), "{err}");
+    // A deleted line.
+    let mut without = lines.clone();
+    without.remove(3);
+    let (code, _, err) = check(without.join("\n") + "\n");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("line 4") && err.contains("seq 5 where 4 was expected"),
+        "{err}"
+    );
+    // Swapped lines.
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    let (code, _, err) = check(swapped.join("\n") + "\n");
+    assert_eq!(code, 1, "{err}");
+    // A torn tail (crash mid-write) is tolerated and reported.
+    let torn = format!("{}{}", original, &lines[1][..20]);
+    let (code, out, _) = check(torn);
+    assert_eq!(code, 0);
+    assert!(out.contains("torn last line"), "{out}");
+    // Truncation in the middle of the file is not a tail.
+    let mut cut = lines.clone();
+    cut[2] = &lines[2][..lines[2].len() / 2];
+    let (code, _, err) = check(cut.join("\n") + "\n");
+    assert_eq!(code, 1, "{err}");
+}

@@ -6,7 +6,9 @@
 //! file order and the sequence identical, which the hash chain (a later stage) relies on.
 //! Nothing here ever writes an `Authorization` header, a cookie or a signature.
 
+pub mod chain;
 mod record;
+pub mod verify;
 mod writer;
 
 pub use record::{

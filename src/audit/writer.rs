@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::chain;
 use crate::config::{AuditConfig, Durability};
 
 /// Why a record could not be taken.
@@ -69,7 +70,13 @@ impl AuditSink {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| AuditError::Open(format!("{}: {e}", config.dir.display())))?;
         let path = config.dir.join(format!("{gateway_id}.jsonl"));
-        let (file, next_seq, good_len) = open_trail(&path)?;
+        let OpenedTrail {
+            file,
+            next_seq,
+            good_len,
+            last_hash,
+            resumed_after,
+        } = open_trail(&path)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let state = Arc::new(SharedState {
             healthy: AtomicBool::new(true),
@@ -79,6 +86,9 @@ impl AuditSink {
             path,
             file: Some(file),
             next_seq,
+            last_hash,
+            resumed_after,
+            gateway: gateway_id.to_owned(),
             good_len,
             durability: config.durability,
             state: state.clone(),
@@ -155,7 +165,16 @@ impl AuditSink {
 
 /// Opens the trail for appending and finds where it left off: the next `seq` and the length
 /// of the last complete line (a torn last line from a crash is cut off, not continued).
-fn open_trail(path: &Path) -> Result<(File, u64, u64), AuditError> {
+/// Where an existing trail left off.
+struct OpenedTrail {
+    file: File,
+    next_seq: u64,
+    good_len: u64,
+    last_hash: [u8; 32],
+    resumed_after: Option<u64>,
+}
+
+fn open_trail(path: &Path) -> Result<OpenedTrail, AuditError> {
     let open_err = |e: std::io::Error| AuditError::Open(format!("{}: {e}", path.display()));
     let mut file = OpenOptions::new()
         .create(true)
@@ -165,7 +184,13 @@ fn open_trail(path: &Path) -> Result<(File, u64, u64), AuditError> {
         .map_err(open_err)?;
     let len = file.metadata().map_err(open_err)?.len();
     if len == 0 || !file.metadata().map_err(open_err)?.is_file() {
-        return Ok((file, 1, 0));
+        return Ok(OpenedTrail {
+            file,
+            next_seq: 1,
+            good_len: 0,
+            last_hash: chain::GENESIS,
+            resumed_after: None,
+        });
     }
     let tail_len = len.min(256 * 1024);
     file.seek(SeekFrom::Start(len - tail_len))
@@ -184,24 +209,32 @@ fn open_trail(path: &Path) -> Result<(File, u64, u64), AuditError> {
         .rsplit(|&b| b == b'\n')
         .next()
         .unwrap_or_default();
-    // Continuing after a record we cannot read would restart or fork the numbering: refuse
-    // to start and let a person look at the trail instead.
-    let last_seq = serde_json::from_slice::<serde_json::Value>(last_line)
-        .ok()
-        .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-        .ok_or_else(|| {
-            AuditError::Open(format!(
-                "{}: the last complete record has no readable seq; the trail needs inspection",
-                path.display()
-            ))
-        })?;
-    Ok((file, last_seq + 1, good_len))
+    // Continuing after a record we cannot read would restart or fork the chain: refuse to
+    // start and let a person look at the trail instead.
+    let last = chain::open(last_line).map_err(|e| {
+        AuditError::Open(format!(
+            "{}: the last complete record does not verify ({e}); the trail needs inspection",
+            path.display()
+        ))
+    })?;
+    Ok(OpenedTrail {
+        file,
+        next_seq: last.seq + 1,
+        good_len,
+        last_hash: last.hash,
+        resumed_after: Some(last.seq),
+    })
 }
 
 struct Writer {
     path: PathBuf,
     file: Option<File>,
     next_seq: u64,
+    /// Hash of the last record written: the next one's `prev`.
+    last_hash: [u8; 32],
+    /// The seq this writer's trail continues after, when it continues one.
+    resumed_after: Option<u64>,
+    gateway: String,
     /// Length of the file up to the last record known to be wholly written.
     good_len: u64,
     durability: Durability,
@@ -212,8 +245,28 @@ struct Writer {
 const MAX_BATCH: usize = 1024;
 
 impl Writer {
+    /// A record about the trail itself (start, stop), in the same chain.
+    fn lifecycle(&self, phase: &str) -> Entry {
+        let ts = super::timestamp(std::time::SystemTime::now());
+        let body = serde_json::json!({
+            "ts": ts,
+            "gateway": self.gateway,
+            "phase": phase,
+            // The first record of a new trail says so; after a restart it names the record
+            // it links to, which is the last one on disk.
+            "continues_after_seq": if phase == "start" { serde_json::json!(self.resumed_after) } else { serde_json::Value::Null },
+            "new_trail": phase == "start" && self.resumed_after.is_none(),
+        });
+        Entry {
+            body: body.to_string().into_bytes(),
+            ack: None,
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
         let mut batch: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
+        batch.push(self.lifecycle("start"));
+        self.write_batch(&mut batch);
         let max = if self.durability == Durability::Every {
             1
         } else {
@@ -229,6 +282,8 @@ impl Writer {
             }
             self.write_batch(&mut batch);
         }
+        batch.push(self.lifecycle("stop"));
+        self.write_batch(&mut batch);
         if let Some(f) = &self.file {
             let _ = f.sync_data();
         }
@@ -237,24 +292,16 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<Entry>) {
         self.buf.clear();
         let first_seq = self.next_seq;
+        let mut hash = self.last_hash;
         for (i, entry) in batch.iter().enumerate() {
-            // `{"seq":N,` + the record's own fields.
-            self.buf.extend_from_slice(b"{\"seq\":");
-            self.buf
-                .extend_from_slice((first_seq + i as u64).to_string().as_bytes());
-            if entry.body.len() > 2 {
-                self.buf.push(b',');
-                self.buf.extend_from_slice(&entry.body[1..]);
-            } else {
-                self.buf.push(b'}');
-            }
-            self.buf.push(b'\n');
+            hash = chain::seal(&mut self.buf, first_seq + i as u64, &entry.body, &hash);
         }
         let result = self.write_and_sync();
         match result {
             Ok(()) => {
                 self.good_len += self.buf.len() as u64;
                 self.next_seq += batch.len() as u64;
+                self.last_hash = hash;
                 self.state.healthy.store(true, Ordering::Release);
                 self.state
                     .written
@@ -323,56 +370,90 @@ mod tests {
             .collect()
     }
 
+    async fn close(sink: Arc<AuditSink>, handle: AuditWriterHandle) {
+        drop(sink);
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .unwrap();
+    }
+
+    fn verify(path: &Path) -> u64 {
+        let text = std::fs::read(path).unwrap();
+        let mut v = chain::Verifier::default();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            v.next(line).unwrap();
+        }
+        v.records
+    }
+
     #[tokio::test]
-    async fn records_are_numbered_in_file_order_and_numbering_resumes() {
+    async fn records_are_chained_in_file_order_and_the_chain_continues_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
         sink.record_decision(br#"{"phase":"decision","n":1}"#.to_vec())
             .await
             .unwrap();
         sink.record_completion(br#"{"phase":"completion","n":2}"#.to_vec());
-        drop(sink);
-        tokio::task::spawn_blocking(move || handle.join())
-            .await
-            .unwrap();
+        close(sink, handle).await;
 
         let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Every), "gw").unwrap();
         sink.record_decision(br#"{"n":3}"#.to_vec()).await.unwrap();
-        drop(sink);
-        tokio::task::spawn_blocking(move || handle.join())
-            .await
-            .unwrap();
+        close(sink, handle).await;
 
-        let records = lines(&dir.path().join("gw.jsonl"));
+        let path = dir.path().join("gw.jsonl");
+        let records = lines(&path);
         let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-        assert_eq!(records[0]["phase"], "decision");
-        assert_eq!(records[2]["n"], 3);
-    }
-
-    #[test]
-    fn an_unreadable_last_record_stops_the_writer_from_starting() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("gw.jsonl"), "{\"seq\":7}\nnot json\n").unwrap();
-        let err = AuditSink::open(&config(dir.path(), Durability::Group), "gw").err();
-        assert!(matches!(err, Some(AuditError::Open(m)) if m.contains("needs inspection")));
+        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+        let phases: Vec<&str> = records
+            .iter()
+            .map(|r| r["phase"].as_str().unwrap_or("-"))
+            .collect();
+        assert_eq!(
+            phases,
+            vec![
+                "start",
+                "decision",
+                "completion",
+                "stop",
+                "start",
+                "-",
+                "stop"
+            ]
+        );
+        assert_eq!(records[0]["new_trail"], true);
+        assert_eq!(records[4]["new_trail"], false);
+        assert_eq!(records[4]["continues_after_seq"], 4);
+        assert_eq!(records[4]["prev"], records[3]["hash"]);
+        assert_eq!(verify(&path), 7);
     }
 
     #[tokio::test]
     async fn a_torn_last_line_is_cut_before_appending() {
         let dir = tempfile::tempdir().unwrap();
+        let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
+        sink.record_decision(br#"{"a":1}"#.to_vec()).await.unwrap();
+        close(sink, handle).await;
         let path = dir.path().join("gw.jsonl");
-        std::fs::write(&path, "{\"seq\":7,\"a\":1}\n{\"seq\":8,\"a\"").unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"seq\":4,\"a\"");
+        std::fs::write(&path, text).unwrap();
+
         let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
         sink.record_decision(br#"{"b":2}"#.to_vec()).await.unwrap();
-        drop(sink);
-        tokio::task::spawn_blocking(move || handle.join())
-            .await
-            .unwrap();
+        close(sink, handle).await;
         let records = lines(&path);
-        assert_eq!(records.len(), 2);
-        assert_eq!(records[1]["seq"], 8);
-        assert_eq!(records[1]["b"], 2);
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[4]["seq"], 5);
+        assert_eq!(records[4]["b"], 2);
+        assert_eq!(verify(&path), 6);
+    }
+
+    #[test]
+    fn an_unreadable_last_record_stops_the_writer_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gw.jsonl"), "{\"seq\":7}\n").unwrap();
+        let err = AuditSink::open(&config(dir.path(), Durability::Group), "gw").err();
+        assert!(matches!(err, Some(AuditError::Open(m)) if m.contains("needs inspection")));
     }
 
     #[cfg(target_os = "linux")]
@@ -381,8 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/dev/full", dir.path().join("gw.jsonl")).unwrap();
         let (sink, _handle) = AuditSink::open(&config(dir.path(), Durability::None), "gw").unwrap();
-        // The first record is queued unawaited and fails in the writer …
-        assert!(sink.record_decision(br#"{"x":1}"#.to_vec()).await.is_ok());
+        // The writer's first write (its start record) fails …
         for _ in 0..200 {
             if !sink.is_healthy() {
                 break;
@@ -410,6 +490,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, AuditError::WriteFailed);
         assert!(!sink.is_healthy());
-        assert_eq!(sink.failed_writes(), 1);
+        assert!(sink.failed_writes() >= 1);
     }
 }
