@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -83,6 +85,7 @@ enum ConfigCommand {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AuditCommand {
     /// An Ed25519 key pair for signing trail digests: the private key to PATH (mode 0600),
@@ -90,6 +93,41 @@ enum AuditCommand {
     Keygen {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Search the trail: decisions matching every filter given, joined with their completions.
+    Query {
+        dir: PathBuf,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        /// allow | deny | would_deny
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long)]
+        exception: Option<String>,
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Asset prefix, as the request named it (dbfs:/tmp/, s3://bucket/key)
+        #[arg(long)]
+        asset: Option<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// A duration back from now (30s, 15m, 1h, 7d) or an RFC 3339 UTC time
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
     },
     /// Check every record's hash, the chain and seq continuity; names the first broken record.
     Verify {
@@ -219,6 +257,53 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 out.display(),
                 pub_path.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    dir,
+                    principal,
+                    workspace,
+                    action,
+                    category,
+                    decision,
+                    rule,
+                    exception,
+                    bucket,
+                    asset,
+                    request_id,
+                    since,
+                    until,
+                    limit,
+                    json,
+                },
+        } => {
+            use gatehouse::audit::query;
+            let now = std::time::SystemTime::now();
+            let bound = |t: Option<String>| t.map(|t| query::time_bound(&t, now)).transpose();
+            let filter = query::Filter {
+                principal,
+                workspace,
+                action,
+                category,
+                decision,
+                rule,
+                exception,
+                bucket,
+                asset,
+                request_id,
+                since: bound(since)?,
+                until: bound(until)?,
+                limit,
+            };
+            let hits = query::run(&dir, &filter)?;
+            if json {
+                print!("{}", query::json_lines(&hits));
+            } else {
+                print!("{}", query::table(&hits));
+                eprintln!("{} request(s)", hits.len());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

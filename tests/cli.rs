@@ -289,3 +289,44 @@ fn audit_verify_accepts_the_demo_trail_and_names_the_first_tampered_record() {
     let (code, _, err) = check(cut.join("\n") + "\n");
     assert_eq!(code, 1, "{err}");
 }
+
+#[test]
+fn audit_query_finds_decisions_joined_with_their_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let audit = demo.join("audit");
+    let audit = audit.to_str().unwrap();
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "query", audit, "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = gatehouse(&all);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let all = json(&[]);
+    let denies = json(&["--decision", "deny"]);
+    assert!(!denies.is_empty() && denies.len() < all.len());
+    assert!(denies.iter().all(|r| r["decision"]["effect"] == "deny"));
+    assert!(
+        all.iter().all(|r| r["completion"]["status"].is_u64()),
+        "every decision joined"
+    );
+    let reads = json(&["--action", "dbfs.read", "--asset", "dbfs:/tmp/"]);
+    assert_eq!(reads.len(), 2, "the plain and the disguised DBFS read");
+    assert!(reads.iter().all(|r| r["completion"]["status"] == 403));
+    let prod = json(&["--principal", "sp-aiml-prod", "--since", "1h"]);
+    assert_eq!(prod.len(), 1);
+    assert!(json(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(json(&["--limit", "3"]).len(), 3);
+    let (code, out, _) = gatehouse(&["audit", "query", audit, "--rule", "workspace.humans_denied"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().starts_with("ts"), "{out}");
+    assert!(
+        out.contains("alice@bank.example") && out.contains("403"),
+        "{out}"
+    );
+}

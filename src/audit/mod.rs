@@ -7,6 +7,7 @@
 //! Nothing here ever writes an `Authorization` header, a cookie or a signature.
 
 pub mod chain;
+pub mod query;
 mod record;
 pub mod verify;
 mod writer;

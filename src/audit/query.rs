@@ -1,0 +1,283 @@
+//! `gatehouse audit query`: searches the trail. Decision records are filtered; each match is
+//! joined with its completion record (by `exchange`). Reading is streaming, one line at a time.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+/// What to look for; every field that is set must match.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub principal: Option<String>,
+    pub workspace: Option<String>,
+    pub action: Option<String>,
+    pub category: Option<String>,
+    /// `allow`, `deny` or `would_deny`.
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub exception: Option<String>,
+    pub bucket: Option<String>,
+    /// Prefix of the asset as the request named it (`dbfs:/tmp/`, `s3://bucket/key`).
+    pub asset: Option<String>,
+    pub request_id: Option<String>,
+    /// Lower bound on `ts`, as an RFC 3339 UTC string.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Turns `1h`, `30m`, `2d`, `45s` or an RFC 3339 UTC time into a bound comparable with `ts`.
+pub fn time_bound(text: &str, now: SystemTime) -> Result<String, String> {
+    let units = [("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400)];
+    for (suffix, secs) in units {
+        if let Some(n) = text
+            .strip_suffix(suffix)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let at = now
+                .checked_sub(Duration::from_secs(n.saturating_mul(secs)))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            return Ok(super::timestamp(at));
+        }
+    }
+    let looks_rfc3339 = text.len() >= 20
+        && text.as_bytes()[4] == b'-'
+        && text.as_bytes()[10] == b'T'
+        && text.ends_with('Z');
+    if looks_rfc3339 {
+        return Ok(text.to_owned());
+    }
+    Err(format!(
+        "{text:?} is neither a duration (30s, 15m, 1h, 7d) nor an RFC 3339 UTC time (2026-11-27T08:00:00Z)"
+    ))
+}
+
+fn text<'a>(record: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut v = record;
+    for p in path {
+        v = v.get(*p)?;
+    }
+    v.as_str()
+}
+
+fn asset_name(record: &Value) -> Option<String> {
+    let asset = record.get("asset")?;
+    if asset.get("kind").and_then(Value::as_str) == Some("s3") {
+        let bucket = asset.get("bucket").and_then(Value::as_str).unwrap_or("");
+        let key = asset.get("key").and_then(Value::as_str).unwrap_or("");
+        return Some(format!("s3://{bucket}/{key}"));
+    }
+    asset.get("path").and_then(Value::as_str).map(str::to_owned)
+}
+
+impl Filter {
+    /// Whether a decision record matches. Pure.
+    pub fn matches(&self, r: &Value) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        let ts = text(r, &["ts"]).unwrap_or("");
+        eq(&self.principal, text(r, &["principal", "id"]))
+            && eq(&self.workspace, text(r, &["workspace"]))
+            && eq(&self.action, text(r, &["action", "name"]))
+            && eq(&self.category, text(r, &["action", "category"]))
+            && eq(&self.decision, text(r, &["decision", "effect"]))
+            && eq(&self.rule, text(r, &["decision", "rule"]))
+            && eq(&self.exception, text(r, &["decision", "exception"]))
+            && eq(&self.bucket, text(r, &["asset", "bucket"]))
+            && eq(&self.request_id, text(r, &["request_id"]))
+            && self
+                .asset
+                .as_deref()
+                .is_none_or(|prefix| asset_name(r).is_some_and(|a| a.starts_with(prefix)))
+            && self.since.as_deref().is_none_or(|s| ts >= s)
+            && self.until.as_deref().is_none_or(|u| ts <= u)
+    }
+}
+
+/// One matching request: its decision and, when written, its completion.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub decision: Value,
+    pub completion: Option<Value>,
+}
+
+/// Scans every `*.jsonl` file of `dir` in name order.
+pub fn run(dir: &Path, filter: &Filter) -> Result<Vec<Hit>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let mut hits: Vec<Hit> = Vec::new();
+    let mut waiting: HashMap<String, usize> = HashMap::new();
+    for path in files {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            // Cheap pre-check before parsing: only decision and completion records matter.
+            let is_completion = line.contains("\"phase\":\"completion\"");
+            if !is_completion && !line.contains("\"phase\":\"decision\"") {
+                continue;
+            }
+            if is_completion && waiting.is_empty() {
+                continue;
+            }
+            let Ok(record) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let exchange = text(&record, &["exchange"]).unwrap_or("").to_owned();
+            if is_completion {
+                if let Some(i) = waiting.remove(&exchange) {
+                    hits[i].completion = Some(record);
+                }
+                continue;
+            }
+            if filter.matches(&record) {
+                if filter.limit.is_some_and(|l| hits.len() >= l) {
+                    continue;
+                }
+                waiting.insert(exchange, hits.len());
+                hits.push(Hit {
+                    decision: record,
+                    completion: None,
+                });
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// The hits as an aligned table.
+pub fn table(hits: &[Hit]) -> String {
+    let mut rows = vec![[
+        "ts".to_owned(),
+        "principal".to_owned(),
+        "workspace".to_owned(),
+        "action".to_owned(),
+        "asset".to_owned(),
+        "effect".to_owned(),
+        "rule".to_owned(),
+        "status".to_owned(),
+        "request_id".to_owned(),
+    ]];
+    for h in hits {
+        let d = &h.decision;
+        let get = |p: &[&str]| text(d, p).unwrap_or("-").to_owned();
+        rows.push([
+            get(&["ts"]),
+            get(&["principal", "id"]),
+            get(&["workspace"]),
+            get(&["action", "name"]),
+            asset_name(d).unwrap_or_else(|| "-".to_owned()),
+            get(&["decision", "effect"]),
+            get(&["decision", "rule"]),
+            h.completion
+                .as_ref()
+                .and_then(|c| c.get("status"))
+                .map_or("-".to_owned(), |s| s.to_string()),
+            get(&["request_id"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The hits as JSON lines: the decision record with its completion under `completion`.
+pub fn json_lines(hits: &[Hit]) -> String {
+    let mut out = String::new();
+    for h in hits {
+        let mut d = h.decision.clone();
+        if let Some(obj) = d.as_object_mut() {
+            obj.insert(
+                "completion".to_owned(),
+                h.completion.clone().unwrap_or(Value::Null),
+            );
+        }
+        out.push_str(&d.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decision(principal: &str, effect: &str, ts: &str) -> Value {
+        json!({"ts": ts, "phase": "decision", "exchange": principal, "principal": {"id": principal},
+               "workspace": "prod-analytics", "action": {"name": "dbfs.read", "category": "download"},
+               "asset": {"kind": "dbfs", "path": "dbfs:/tmp/x.csv"},
+               "decision": {"effect": effect, "rule": "downloads.blocked", "exception": null}})
+    }
+
+    #[test]
+    fn filters_match_every_field_they_name() {
+        let r = decision("alice", "deny", "2026-11-27T08:00:00.000000Z");
+        let f = |f: Filter| f.matches(&r);
+        assert!(f(Filter::default()));
+        assert!(f(Filter {
+            principal: Some("alice".into()),
+            decision: Some("deny".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            principal: Some("bob".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            asset: Some("dbfs:/tmp/".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            asset: Some("dbfs:/prod/".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            since: Some("2026-11-27T07:00:00Z".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            until: Some("2026-11-27T07:00:00Z".into()),
+            ..Default::default()
+        }));
+        let s3 = json!({"asset": {"kind": "s3", "bucket": "buk-raw", "key": "a/b.csv"}});
+        assert!(Filter {
+            bucket: Some("buk-raw".into()),
+            asset: Some("s3://buk-raw/a/".into()),
+            ..Default::default()
+        }
+        .matches(&s3));
+    }
+
+    #[test]
+    fn time_bounds_accept_durations_and_rfc3339() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(
+            time_bound("1h", now).unwrap(),
+            super::super::timestamp(now - Duration::from_secs(3600))
+        );
+        assert_eq!(
+            time_bound("2026-11-27T08:00:00Z", now).unwrap(),
+            "2026-11-27T08:00:00Z"
+        );
+        assert!(time_bound("yesterday", now).is_err());
+    }
+}
