@@ -413,7 +413,7 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
     println!();
     println!("Try it yourself (nothing is sent):");
     println!(
-        "  gatehouse explain --config {} --token \"$(cat {}/alice.jwt)\" --url 'https://{}/api/2.0/dbfs/read?path=/tmp/x'",
+        "  cargo run -q -- explain --config {} --token \"$(cat {}/alice.jwt)\" --url 'https://{}/api/2.0/dbfs/read?path=/tmp/x'",
         dir.join("gatehouse.toml").display(),
         tokens_dir.display(),
         hosts.first().map(|(_, h)| h.as_str()).unwrap_or("analytics.dbx.example"),
