@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::text::hex_value;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Bytes left literal in a forwarded segment: RFC 3986 unreserved plus the sub-delims and `:@`
@@ -231,15 +232,6 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| PathError::InvalidUtf8)
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONTENT_TYPE};
 use http::Method;
 
-use super::text::{fold_char, form_decode};
+use super::text::{fold_char, form_decode, hex_value};
 use super::{Action, Category};
 
 /// What an S3 operation does with data, as the bucket rules see it.
@@ -1770,15 +1770,6 @@ fn decode(raw: &str) -> Result<Cow<'_, str>, S3Error> {
     String::from_utf8(out)
         .map(Cow::Owned)
         .map_err(|_| S3Error::InvalidUtf8)
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn is_control(byte: u8) -> bool {

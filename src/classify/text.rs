@@ -59,6 +59,16 @@ pub(crate) fn form_pairs(raw: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<
         })
 }
 
+/// The value of one hexadecimal digit, for percent-decoding.
+pub(super) fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -558,6 +558,24 @@ pub struct Refused {
     pub workspace: Option<Arc<Workspace>>,
 }
 
+impl Refused {
+    fn new(
+        refusal: Refusal,
+        rule: RuleId,
+        reason: Cow<'static, str>,
+        host: &str,
+        workspace: Option<&Arc<Workspace>>,
+    ) -> Refused {
+        Refused {
+            refusal,
+            rule,
+            reason,
+            host: host.to_owned(),
+            workspace: workspace.cloned(),
+        }
+    }
+}
+
 /// Checks every request must pass before it is routed: pure. Refuses what different parsers
 /// could read differently (several Host or Authorization headers, both Content-Length and
 /// Transfer-Encoding, an absolute-form target naming another host, a TLS name that disagrees
@@ -568,16 +586,7 @@ pub fn check_framing(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<String, Refused> {
-    let refuse =
-        |refusal, rule, reason: Cow<'static, str>, host: &str, ws: Option<&Arc<Workspace>>| {
-            Refused {
-                refusal,
-                rule,
-                reason,
-                host: host.to_owned(),
-                workspace: ws.cloned(),
-            }
-        };
+    let refuse = Refused::new;
     let host_header = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(refuse(
@@ -697,16 +706,7 @@ fn classify_for_workspace(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Routed, Refused> {
-    let refuse =
-        |refusal, rule, reason: Cow<'static, str>, host: &str, ws: Option<&Arc<Workspace>>| {
-            Refused {
-                refusal,
-                rule,
-                reason,
-                host: host.to_owned(),
-                workspace: ws.cloned(),
-            }
-        };
+    let refuse = Refused::new;
     let workspace = match routes.route(authority) {
         Route::Workspace(w) => w,
         Route::S3 | Route::Unknown => {
