@@ -170,6 +170,10 @@ pub struct AuditConfig {
     pub durability: Durability,
     pub signing_key: Option<PathBuf>,
     pub queue_capacity: usize,
+    /// A segment is closed (and gets its digest) at this size …
+    pub segment_max_bytes: u64,
+    /// … or at this age; a quiet interval this long gets a digest of its own.
+    pub segment_max_age: Duration,
 }
 
 /// Sections that later stages of the product use (S3, buckets, exceptions, admin, limits).
@@ -374,6 +378,10 @@ struct RawAudit {
     signing_key: Option<PathBuf>,
     #[serde(default = "default_queue")]
     queue_capacity: usize,
+    #[serde(default = "default_segment_bytes")]
+    segment_max_bytes: u64,
+    #[serde(default = "default_segment_age")]
+    segment_max_age_secs: u64,
 }
 
 fn default_durability() -> String {
@@ -381,6 +389,12 @@ fn default_durability() -> String {
 }
 fn default_queue() -> usize {
     65_536
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_segment_age() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -878,11 +892,24 @@ fn check_audit(raw: RawAudit, errors: &mut Errors) -> Option<AuditConfig> {
     if raw.queue_capacity == 0 {
         errors.push("audit.queue_capacity", "must be greater than 0");
     }
+    if raw.segment_max_bytes < 4096 {
+        errors.push("audit.segment_max_bytes", "must be at least 4096");
+    }
+    if raw.segment_max_age_secs == 0 {
+        errors.push("audit.segment_max_age_secs", "must be greater than 0");
+    }
+    if let Some(path) = &raw.signing_key {
+        if let Err(e) = crate::audit::digest::Signer::load(path) {
+            errors.push("audit.signing_key", e);
+        }
+    }
     Some(AuditConfig {
         dir: raw.dir,
         durability: durability?,
         signing_key: raw.signing_key,
         queue_capacity: raw.queue_capacity,
+        segment_max_bytes: raw.segment_max_bytes,
+        segment_max_age: Duration::from_secs(raw.segment_max_age_secs),
     })
 }
 

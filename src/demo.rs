@@ -397,12 +397,16 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
             );
         }
     }
-    match crate::audit::verify::verify_dir(&config.audit.dir) {
+    let key_path = dir.join("audit-signing.key.pub");
+    let key = crate::audit::digest::PublicKey::load(&key_path)?;
+    match crate::audit::verify::verify_dir(&config.audit.dir, Some(&key)) {
         Ok(reports) => {
             let n: u64 = reports.iter().map(|r| r.records).sum();
+            let d: u64 = reports.iter().map(|r| r.signatures_checked).sum();
             println!(
-                "Hash chain: {n} records verified (gatehouse audit verify {})",
-                config.audit.dir.display()
+                "Hash chain: {n} records verified; {d} signed digest(s) match their segments (gatehouse audit verify {} --key {})",
+                config.audit.dir.display(),
+                key_path.display()
             );
         }
         Err(e) => {
@@ -508,9 +512,13 @@ fn demo_config(
         }
     }
     set(&mut table, "audit", "dir", s(format!("{d}/audit")));
-    if let Some(audit) = table.get_mut("audit").and_then(|s| s.as_table_mut()) {
-        audit.remove("signing_key");
-    }
+    crate::dev::write_ed25519_keypair(&dir.join("audit-signing.key"))?;
+    set(
+        &mut table,
+        "audit",
+        "signing_key",
+        s(format!("{d}/audit-signing.key")),
+    );
     let first = |section: &str, key: &str, default: &str| {
         table
             .get(section)

@@ -129,7 +129,25 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check every record's hash, the chain and seq continuity; names the first broken record.
+    /// Who read or wrote which data: per principal, asset and direction, how many requests
+    /// (allowed, denied), first and last seen, bytes.
+    Lineage {
+        dir: PathBuf,
+        /// Asset prefix as the request named it (dbfs:/tmp/x.csv, s3://bucket/key)
+        #[arg(
+            long,
+            conflicts_with = "principal",
+            required_unless_present = "principal"
+        )]
+        asset: Option<String>,
+        /// Principal id (e.g. alice@bank.example)
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the digest log (signatures with --key), every segment against its digest, and
+    /// every record's hash, link and seq; names the first broken record or missing segment.
     Verify {
         dir: PathBuf,
         /// Public key for signed digests (PATH.pub from `audit keygen`).
@@ -308,39 +326,83 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Audit {
             command: AuditCommand::Verify { dir, key },
-        } => match gatehouse::audit::verify::verify_dir(&dir) {
-            Ok(reports) => {
-                for r in &reports {
-                    println!(
-                        "{}: ok, {} records, seq {}..{}{}",
-                        r.path.display(),
-                        r.records,
-                        r.first_seq.map_or("-".into(), |s| s.to_string()),
-                        r.last_seq.map_or("-".into(), |s| s.to_string()),
-                        if r.torn_tail {
-                            " (a torn last line, left by a crash mid-write, is tolerated as the tail)"
-                        } else {
-                            ""
-                        }
-                    );
+        } => {
+            let key = key
+                .map(|k| gatehouse::audit::digest::PublicKey::load(&k))
+                .transpose()?;
+            match gatehouse::audit::verify::verify_dir(&dir, key.as_ref()) {
+                Ok(reports) => {
+                    for r in &reports {
+                        println!("{}", verify_summary(r, key.is_some()));
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                if key.is_some() {
-                    println!(
-                        "signed digests: none in this trail yet; the record chain was verified"
-                    );
+                Err(e) => {
+                    eprintln!("audit verify: FAILED: {e}");
+                    Ok(ExitCode::from(1))
                 }
-                Ok(ExitCode::SUCCESS)
             }
-            Err(e) => {
-                eprintln!("audit verify: FAILED: {e}");
-                Ok(ExitCode::from(1))
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Lineage {
+                    dir,
+                    asset,
+                    principal,
+                    json,
+                },
+        } => {
+            use gatehouse::audit::lineage;
+            let subject = match (asset, principal) {
+                (Some(a), None) => lineage::Subject::Asset(a),
+                (None, Some(p)) => lineage::Subject::Principal(p),
+                _ => return Err("give one of --asset PREFIX or --principal ID".into()),
+            };
+            let rows = lineage::scan(&dir, subject)?;
+            if json {
+                print!("{}", lineage::json_lines(&rows));
+            } else {
+                print!("{}", lineage::table(&rows));
+                eprintln!("{} row(s)", rows.len());
             }
-        },
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { dir, config } => {
             runtime()?.block_on(gatehouse::demo::run(&config, &dir))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One line per gateway: what held, and what verification could not cover.
+fn verify_summary(r: &gatehouse::audit::verify::GatewayReport, keyed: bool) -> String {
+    let range = match (r.first_seq, r.last_seq) {
+        (Some(a), Some(b)) => format!("seq {a}..{b}"),
+        _ => "no records".to_owned(),
+    };
+    let mut s = format!(
+        "{}: ok, {} segment(s), {} records ({range}), {} digest(s)",
+        r.gateway, r.segments, r.records, r.digests
+    );
+    if keyed {
+        s.push_str(&format!(", {} signature(s) checked", r.signatures_checked));
+    } else if r.digests > 0 {
+        s.push_str(", signatures NOT checked (give --key PATH.pub)");
+    } else {
+        s.push_str(", no digests: only the record chain was checked");
+    }
+    if r.quiet_intervals > 0 {
+        s.push_str(&format!(", {} quiet interval(s)", r.quiet_intervals));
+    }
+    if let Some(open) = &r.open_segment {
+        s.push_str(&format!(
+            "; {open} is not attested by a digest yet (being written, or left by a crash until the next start)"
+        ));
+    }
+    if r.torn_tail {
+        s.push_str("; a torn last line, left by a crash mid-write, is tolerated as the tail");
+    }
+    s
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {

@@ -112,26 +112,21 @@ impl Fixture {
     }
 }
 
-/// Reads every `*.jsonl` file of an audit directory.
+/// Every record of every segment of an audit directory, in chain order.
 pub fn read_trail(dir: &Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
-    for f in files {
-        if let Ok(text) = std::fs::read_to_string(&f) {
-            out.extend(
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()),
-            );
-        }
-    }
-    out
+    trail_text(dir)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
+/// The raw text of every segment of an audit directory, in chain order.
+pub fn trail_text(dir: &Path) -> String {
+    let segments = crate::audit::segment::list(dir).unwrap_or_default();
+    segments
+        .iter()
+        .filter_map(|s| std::fs::read_to_string(&s.path).ok())
+        .collect()
 }
 
 fn config_text(dir: &Path, upstream: &str, o: &FixtureOptions) -> String {

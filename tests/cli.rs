@@ -243,16 +243,26 @@ fn audit_verify_accepts_the_demo_trail_and_names_the_first_tampered_record() {
     let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
     let audit = demo.join("audit");
-    let (code, out, err) = gatehouse(&["audit", "verify", audit.to_str().unwrap()]);
+    let key = demo.join("audit-signing.key.pub");
+    let (code, out, err) = gatehouse(&[
+        "audit",
+        "verify",
+        audit.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("ok,"), "{out}");
+    assert!(
+        out.contains("ok,") && out.contains("1 signature(s) checked"),
+        "{out}"
+    );
+    let (code, out, _) = gatehouse(&["audit", "verify", audit.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("signatures NOT checked"), "{out}");
 
-    let trail = std::fs::read_dir(&audit)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let segments = gatehouse::audit::segment::list(&audit).unwrap();
+    assert_eq!(segments.len(), 1, "one run of the demo, one segment");
+    let trail = segments[0].path.clone();
     let original = std::fs::read_to_string(&trail).unwrap();
     let lines: Vec<&str> = original.lines().collect();
     let check = |text: String| {
@@ -278,9 +288,13 @@ fn audit_verify_accepts_the_demo_trail_and_names_the_first_tampered_record() {
     swapped.swap(2, 3);
     let (code, _, err) = check(swapped.join("\n") + "\n");
     assert_eq!(code, 1, "{err}");
-    // A torn tail (crash mid-write) is tolerated and reported.
-    let torn = format!("{}{}", original, &lines[1][..20]);
-    let (code, out, _) = check(torn);
+    // A line appended after the segment was closed: its signed digest says otherwise.
+    let (code, _, err) = check(format!("{}{}", original, &lines[1][..20]));
+    assert_eq!(code, 1);
+    assert!(err.contains("does not match digest 1"), "{err}");
+    // What a crash leaves (no digest yet, half a line): tolerated and reported.
+    std::fs::remove_file(audit.join("gw-1.digests")).unwrap();
+    let (code, out, _) = check(format!("{}{}", original, &lines[1][..20]));
     assert_eq!(code, 0);
     assert!(out.contains("torn last line"), "{out}");
     // Truncation in the middle of the file is not a tail.
@@ -328,5 +342,55 @@ fn audit_query_finds_decisions_joined_with_their_completions() {
     assert!(
         out.contains("alice@bank.example") && out.contains("403"),
         "{out}"
+    );
+}
+
+#[test]
+fn audit_lineage_answers_who_touched_an_asset_and_what_a_principal_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let audit = demo.join("audit");
+    let audit = audit.to_str().unwrap();
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "lineage", audit, "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = gatehouse(&all);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Both DBFS reads of the file (the plain one and the disguised one) were refused.
+    let file = rows(&["--asset", "dbfs:/tmp/customers.csv"]);
+    assert_eq!(file.len(), 1, "{file:?}");
+    assert_eq!(file[0]["principal"], "alice@bank.example");
+    assert_eq!(file[0]["direction"], "read");
+    assert_eq!(
+        (file[0]["denied"].as_u64(), file[0]["allowed"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert!(file[0]["first_seen"].as_str().unwrap() <= file[0]["last_seen"].as_str().unwrap());
+
+    let alice = rows(&["--principal", "alice@bank.example"]);
+    assert!(alice.iter().all(|r| r["principal"] == "alice@bank.example"));
+    assert!(alice.iter().any(|r| r["asset"]
+        .as_str()
+        .unwrap()
+        .contains("/Volumes/main/raw/landing/customers.csv")));
+    assert!(rows(&["--principal", "nobody@bank.example"]).is_empty());
+
+    let (code, out, _) = gatehouse(&["audit", "lineage", audit, "--asset", "dbfs:/tmp/"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().next().unwrap().starts_with("asset"),
+        "{out}"
+    );
+    let (code, _, err) = gatehouse(&["audit", "lineage", audit]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--asset") || err.contains("--principal"),
+        "{err}"
     );
 }

@@ -291,7 +291,7 @@ async fn identity_failures_are_401_in_databricks_shape_without_echoing_tokens() 
         }
     }
     assert!(h.standin.seen().is_empty());
-    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    let text = gatehouse::testing::trail_text(&h.fixture.audit_dir);
     assert!(!text.contains(pat) && !text.contains(&expired));
 }
 
@@ -542,7 +542,7 @@ async fn secrets_never_reach_the_trail() {
     assert_eq!(r.status, StatusCode::OK);
     let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
     h.completion_for(&rid).await;
-    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    let text = gatehouse::testing::trail_text(&h.fixture.audit_dir);
     assert!(!text.contains("SEKRIT-TOKEN"));
     assert!(!text.contains(&t));
     assert!(!text.to_ascii_lowercase().contains("authorization"));
@@ -554,10 +554,14 @@ async fn secrets_never_reach_the_trail() {
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn an_unwritable_trail_refuses_with_503_and_forwards_nothing() {
+async fn an_unwritable_trail_refuses_with_503_forwards_nothing_and_recovers_by_itself() {
+    let full = |audit_dir: &std::path::Path| {
+        audit_dir.join(gatehouse::audit::segment::segment_name("gw-test", 1))
+    };
     let h = Harness::with(FixtureOptions::default(), |audit_dir| {
         std::fs::create_dir_all(audit_dir).unwrap();
-        std::os::unix::fs::symlink("/dev/full", audit_dir.join("gw-test.jsonl")).unwrap();
+        // A segment that lives on a full disk: every write fails with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", full(audit_dir)).unwrap();
     })
     .await;
     let r = h.get("/api/2.1/clusters/list", &h.service()).await;
@@ -567,6 +571,17 @@ async fn an_unwritable_trail_refuses_with_503_and_forwards_nothing() {
     // Readiness reports it.
     let ready = h.admin_get("/readyz").await;
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+
+    // Space comes back: the next request is written, forwarded and recorded, with no restart.
+    std::fs::remove_file(full(&h.fixture.audit_dir)).unwrap();
+    let r = h.get("/api/2.1/clusters/list", &h.service()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(h.standin.seen().len(), 1);
+    let rid = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    h.completion_for(&rid).await;
+    assert!(h.admin_get("/readyz").await.starts_with("HTTP/1.1 200"));
+    let reports = gatehouse::audit::verify::verify_dir(&h.fixture.audit_dir, None).unwrap();
+    assert_eq!(reports[0].first_seq, Some(1));
 }
 
 #[tokio::test]

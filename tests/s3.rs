@@ -149,7 +149,7 @@ async fn what_the_signature_covers_reaches_the_upstream_unchanged() {
     assert_eq!(decision["credential"]["scheme"], "sigv4");
     assert_eq!(decision["principal"]["id"], "sp-aiml-lab");
     assert_eq!(decision["workspace"], "prod-analytics");
-    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    let text = gatehouse::testing::trail_text(&h.fixture.audit_dir);
     assert!(
         !text.contains("0123456789abcdef0123456789abcdef"),
         "no signature in the trail"
@@ -254,7 +254,7 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         "{:?}",
         h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
     );
-    let text = std::fs::read_to_string(h.fixture.audit_dir.join("gw-test.jsonl")).unwrap();
+    let text = gatehouse::testing::trail_text(&h.fixture.audit_dir);
     assert!(!text.contains("X-Amz-Signature=abcdef") && !text.contains("abc%3D"));
 }
 

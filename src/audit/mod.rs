@@ -7,8 +7,11 @@
 //! Nothing here ever writes an `Authorization` header, a cookie or a signature.
 
 pub mod chain;
+pub mod digest;
+pub mod lineage;
 pub mod query;
 mod record;
+pub mod segment;
 pub mod verify;
 mod writer;
 

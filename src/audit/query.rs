@@ -55,7 +55,7 @@ pub fn time_bound(text: &str, now: SystemTime) -> Result<String, String> {
     ))
 }
 
-fn text<'a>(record: &'a Value, path: &[&str]) -> Option<&'a str> {
+pub(super) fn text<'a>(record: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut v = record;
     for p in path {
         v = v.get(*p)?;
@@ -63,10 +63,12 @@ fn text<'a>(record: &'a Value, path: &[&str]) -> Option<&'a str> {
     v.as_str()
 }
 
-fn asset_name(record: &Value) -> Option<String> {
+/// The asset as the request named it: `s3://bucket/key`, or the path (`dbfs:/x`). An S3
+/// request without a bucket (`ListBuckets`) names no data and so no asset.
+pub(super) fn asset_name(record: &Value) -> Option<String> {
     let asset = record.get("asset")?;
     if asset.get("kind").and_then(Value::as_str) == Some("s3") {
-        let bucket = asset.get("bucket").and_then(Value::as_str).unwrap_or("");
+        let bucket = asset.get("bucket").and_then(Value::as_str)?;
         let key = asset.get("key").and_then(Value::as_str).unwrap_or("");
         return Some(format!("s3://{bucket}/{key}"));
     }
@@ -105,14 +107,9 @@ pub struct Hit {
     pub completion: Option<Value>,
 }
 
-/// Scans every `*.jsonl` file of `dir` in name order.
+/// Scans every segment of `dir`, gateway by gateway, in chain order.
 pub fn run(dir: &Path, filter: &Filter) -> Result<Vec<Hit>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    files.sort();
+    let files = trail_files(dir)?;
     let mut hits: Vec<Hit> = Vec::new();
     let mut waiting: HashMap<String, usize> = HashMap::new();
     for path in files {
@@ -150,6 +147,22 @@ pub fn run(dir: &Path, filter: &Filter) -> Result<Vec<Hit>, String> {
         }
     }
     Ok(hits)
+}
+
+/// Every segment file of `dir` in chain order, or why there is none.
+pub fn trail_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let files: Vec<PathBuf> = super::segment::list(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    if files.is_empty() {
+        return Err(format!(
+            "{}: no trail segments (<gateway>.<seq>.jsonl) here",
+            dir.display()
+        ));
+    }
+    Ok(files)
 }
 
 /// The hits as an aligned table.

@@ -1,17 +1,23 @@
-//! The durable writer: one dedicated thread, a bounded queue, batched writes.
+//! The durable writer: one dedicated thread, a bounded queue, batched writes into segment
+//! files, and a signed digest for every closed segment.
 //!
 //! Blocking file I/O stays off the async runtime. The request path never waits for a slot in
 //! the queue: when it is full the request is refused (503) rather than forwarded unrecorded.
+//! Numbering (`seq`) and sealing happen here, so file order and chain order are one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
 
-use super::chain;
+use super::digest::{self, Reason, Signer};
+use super::{chain, segment, timestamp};
 use crate::config::{AuditConfig, Durability};
 
 /// Why a record could not be taken.
@@ -34,7 +40,7 @@ struct Entry {
 
 /// The request path's handle on the trail. Cheap to share behind an `Arc`.
 pub struct AuditSink {
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::SyncSender<Entry>,
     durability: Durability,
     state: Arc<SharedState>,
 }
@@ -42,6 +48,7 @@ pub struct AuditSink {
 #[derive(Default)]
 struct SharedState {
     healthy: AtomicBool,
+    stopped: AtomicBool,
     written: AtomicU64,
     failed_writes: AtomicU64,
     dropped_completions: AtomicU64,
@@ -53,7 +60,8 @@ pub struct AuditWriterHandle {
 }
 
 impl AuditWriterHandle {
-    /// Waits until the writer has flushed everything queued before the last sink was dropped.
+    /// Waits until the writer has flushed everything queued before the last sink was dropped,
+    /// written its stop record and closed its segment with a digest.
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -62,35 +70,38 @@ impl AuditWriterHandle {
 }
 
 impl AuditSink {
-    /// Opens (or continues) `<dir>/<gateway_id>.jsonl` and starts the writer thread.
+    /// Continues the trail of `gateway_id` in `config.dir` (or starts one) and starts the
+    /// writer thread. A crash's leftovers are dealt with first: a torn last line is cut and
+    /// the segment the crash left open gets a `recovered` digest.
     pub fn open(
         config: &AuditConfig,
         gateway_id: &str,
     ) -> Result<(Arc<AuditSink>, AuditWriterHandle), AuditError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| AuditError::Open(format!("{}: {e}", config.dir.display())))?;
-        let path = config.dir.join(format!("{gateway_id}.jsonl"));
-        let OpenedTrail {
-            file,
-            next_seq,
-            good_len,
-            last_hash,
-            resumed_after,
-        } = open_trail(&path)?;
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let signer = match &config.signing_key {
+            Some(path) => Some(Signer::load(path).map_err(AuditError::Open)?),
+            None => None,
+        };
+        let opened = open_trail(&config.dir, gateway_id, signer.as_ref())?;
+        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let state = Arc::new(SharedState {
             healthy: AtomicBool::new(true),
             ..Default::default()
         });
         let writer = Writer {
-            path,
-            file: Some(file),
-            next_seq,
-            last_hash,
-            resumed_after,
+            dir: config.dir.clone(),
             gateway: gateway_id.to_owned(),
-            good_len,
             durability: config.durability,
+            max_bytes: config.segment_max_bytes,
+            max_age: config.segment_max_age,
+            signer,
+            segment: None,
+            quiet_since: Instant::now(),
+            next_seq: opened.next_seq,
+            last_hash: opened.last_hash,
+            resumed_after: opened.resumed_after,
+            digests: opened.digests,
             state: state.clone(),
             buf: Vec::with_capacity(64 * 1024),
         };
@@ -119,6 +130,12 @@ impl AuditSink {
         if self.durability == Durability::None && self.state.healthy.load(Ordering::Acquire) {
             return self.enqueue(Entry { body, ack: None });
         }
+        self.record_durably(body).await
+    }
+
+    /// Hands over a record and waits until it is written and fsynced, whatever the durability
+    /// mode: for events about the gateway itself (configuration loads, exception changes).
+    pub async fn record_durably(&self, body: Vec<u8>) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.enqueue(Entry {
             body,
@@ -129,8 +146,8 @@ impl AuditSink {
 
     fn enqueue(&self, entry: Entry) -> Result<(), AuditError> {
         self.tx.try_send(entry).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => AuditError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => AuditError::Stopped,
+            TrySendError::Full(_) => AuditError::QueueFull,
+            TrySendError::Disconnected(_) => AuditError::Stopped,
         })
     }
 
@@ -147,7 +164,7 @@ impl AuditSink {
 
     /// False after a failed write, until a later write succeeds.
     pub fn is_healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Acquire) && !self.tx.is_closed()
+        self.state.healthy.load(Ordering::Acquire) && !self.state.stopped.load(Ordering::Acquire)
     }
 
     pub fn records_written(&self) -> u64 {
@@ -163,81 +180,295 @@ impl AuditSink {
     }
 }
 
-/// Opens the trail for appending and finds where it left off: the next `seq` and the length
-/// of the last complete line (a torn last line from a crash is cut off, not continued).
 /// Where an existing trail left off.
 struct OpenedTrail {
-    file: File,
     next_seq: u64,
-    good_len: u64,
     last_hash: [u8; 32],
     resumed_after: Option<u64>,
+    digests: DigestLog,
 }
 
-fn open_trail(path: &Path) -> Result<OpenedTrail, AuditError> {
-    let open_err = |e: std::io::Error| AuditError::Open(format!("{}: {e}", path.display()));
-    let mut file = OpenOptions::new()
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    move |e| AuditError::Open(format!("{}: {e}", path.display()))
+}
+
+/// Cuts a torn last line (a crash mid-write) off `file`; returns the bytes that remain.
+fn cut_torn_tail(file: &mut File, path: &Path) -> Result<Vec<u8>, AuditError> {
+    let mut bytes = Vec::new();
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "cutting a torn last line left by a crash");
+        file.set_len(complete as u64).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+        bytes.truncate(complete);
+    }
+    Ok(bytes)
+}
+
+fn open_rw(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
         .create(true)
         .read(true)
         .append(true)
         .open(path)
-        .map_err(open_err)?;
-    let len = file.metadata().map_err(open_err)?.len();
-    if len == 0 || !file.metadata().map_err(open_err)?.is_file() {
-        return Ok(OpenedTrail {
-            file,
-            next_seq: 1,
-            good_len: 0,
-            last_hash: chain::GENESIS,
-            resumed_after: None,
-        });
-    }
-    let tail_len = len.min(256 * 1024);
-    file.seek(SeekFrom::Start(len - tail_len))
-        .map_err(open_err)?;
-    let mut tail = Vec::with_capacity(tail_len as usize);
-    file.read_to_end(&mut tail).map_err(open_err)?;
-    let complete = match tail.iter().rposition(|&b| b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
-    };
-    let good_len = len - tail_len + complete as u64;
-    if good_len < len {
-        file.set_len(good_len).map_err(open_err)?;
-    }
-    let last_line = tail[..complete.saturating_sub(1)]
+        .map_err(io_err(path))
+}
+
+fn last_line(bytes: &[u8]) -> Option<&[u8]> {
+    bytes
+        .strip_suffix(b"\n")?
         .rsplit(|&b| b == b'\n')
         .next()
-        .unwrap_or_default();
-    // Continuing after a record we cannot read would restart or fork the chain: refuse to
-    // start and let a person look at the trail instead.
-    let last = chain::open(last_line).map_err(|e| {
-        AuditError::Open(format!(
-            "{}: the last complete record does not verify ({e}); the trail needs inspection",
-            path.display()
-        ))
-    })?;
+        .filter(|l| !l.is_empty())
+}
+
+fn record_ts(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    v.get("ts")?.as_str().map(str::to_owned)
+}
+
+/// Finds where the trail of `gateway` left off, cutting torn tails, and attests the segment
+/// a crash left without a digest.
+fn open_trail(
+    dir: &Path,
+    gateway: &str,
+    signer: Option<&Signer>,
+) -> Result<OpenedTrail, AuditError> {
+    let mut digests = DigestLog::open(&dir.join(segment::digest_name(gateway)))?;
+    let mut segments: Vec<segment::SegmentFile> = segment::list(dir)
+        .map_err(io_err(dir))?
+        .into_iter()
+        .filter(|s| s.gateway == gateway)
+        .collect();
+    while let Some(last) = segments.pop() {
+        // Only regular files hold records (a device or fifo would read forever); anything
+        // else is left for the writer to fail on, loudly.
+        if !std::fs::metadata(&last.path).is_ok_and(|m| m.is_file()) {
+            continue;
+        }
+        let mut file = open_rw(&last.path)?;
+        let bytes = cut_torn_tail(&mut file, &last.path)?;
+        let Some(line) = last_line(&bytes) else {
+            // Created, then a crash before its first record was whole: nothing to keep.
+            drop(file);
+            std::fs::remove_file(&last.path).map_err(io_err(&last.path))?;
+            continue;
+        };
+        // Continuing after a record we cannot read would restart or fork the chain: refuse
+        // to start and let a person look at the trail instead.
+        let link = chain::open(line).map_err(|e| {
+            AuditError::Open(format!(
+                "{}: the last complete record does not verify ({e}); the trail needs inspection",
+                last.path.display()
+            ))
+        })?;
+        if digests.last_segment.as_deref() != Some(last.name.as_str()) {
+            let first_line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+            digests.push(
+                digest::Entry {
+                    reason: Reason::Recovered,
+                    segment: Some(last.name.clone()),
+                    first_seq: Some(last.first_seq),
+                    last_seq: Some(link.seq),
+                    first_ts: record_ts(first_line),
+                    last_ts: record_ts(line),
+                    records: bytes.iter().filter(|&&b| b == b'\n').count() as u64,
+                    bytes: bytes.len() as u64,
+                    segment_sha256: Some(hex::encode(Sha256::digest(&bytes))),
+                    last_record_hash: Some(hex::encode(link.hash)),
+                    ..digests.blank(gateway)
+                },
+                signer,
+            );
+            digests.flush().map_err(io_err(&digests.path))?;
+        }
+        return Ok(OpenedTrail {
+            next_seq: link.seq + 1,
+            last_hash: link.hash,
+            resumed_after: Some(link.seq),
+            digests,
+        });
+    }
     Ok(OpenedTrail {
-        file,
-        next_seq: last.seq + 1,
-        good_len,
-        last_hash: last.hash,
-        resumed_after: Some(last.seq),
+        next_seq: 1,
+        last_hash: chain::GENESIS,
+        resumed_after: None,
+        digests,
     })
 }
 
-struct Writer {
+/// The append-only digest log, with digests sealed but not yet written kept in `pending`
+/// (they are retried before any further record is accepted).
+struct DigestLog {
     path: PathBuf,
     file: Option<File>,
+    good_len: u64,
+    next_seq: u64,
+    last_hash: [u8; 32],
+    /// The segment named by the newest digest that names one.
+    last_segment: Option<String>,
+    pending: Vec<u8>,
+}
+
+impl DigestLog {
+    fn open(path: &Path) -> Result<DigestLog, AuditError> {
+        let mut file = open_rw(path)?;
+        let bytes = cut_torn_tail(&mut file, path)?;
+        let mut log = DigestLog {
+            path: path.to_path_buf(),
+            file: Some(file),
+            good_len: bytes.len() as u64,
+            next_seq: 1,
+            last_hash: digest::NO_PREVIOUS,
+            last_segment: None,
+            pending: Vec::new(),
+        };
+        let mut lines = bytes
+            .strip_suffix(b"\n")
+            .unwrap_or_default()
+            .rsplit(|&b| b == b'\n')
+            .filter(|l| !l.is_empty());
+        let Some(newest) = lines.next() else {
+            return Ok(log);
+        };
+        let unreadable = |_| {
+            AuditError::Open(format!(
+                "{}: the last digest cannot be read; the trail needs inspection",
+                path.display()
+            ))
+        };
+        let newest = digest::open(newest, None).map_err(unreadable)?;
+        log.next_seq = newest.entry.digest_seq + 1;
+        log.last_hash = newest.hash;
+        log.last_segment = newest.entry.segment.clone();
+        for line in lines {
+            if log.last_segment.is_some() {
+                break;
+            }
+            log.last_segment = digest::open(line, None).map_err(unreadable)?.entry.segment;
+        }
+        Ok(log)
+    }
+
+    /// An entry with this log's fields and nothing attested yet.
+    fn blank(&self, gateway: &str) -> digest::Entry {
+        digest::Entry {
+            digest_seq: self.next_seq,
+            gateway: gateway.to_owned(),
+            ts: timestamp(SystemTime::now()),
+            reason: Reason::Interval,
+            segment: None,
+            first_seq: None,
+            last_seq: None,
+            first_ts: None,
+            last_ts: None,
+            records: 0,
+            bytes: 0,
+            segment_sha256: None,
+            last_record_hash: None,
+            prev_digest: hex::encode(self.last_hash),
+            key_id: String::new(),
+        }
+    }
+
+    fn push(&mut self, entry: digest::Entry, signer: Option<&Signer>) {
+        if entry.segment.is_some() {
+            self.last_segment = entry.segment.clone();
+        }
+        let (line, hash) = digest::seal(entry, signer);
+        self.pending.extend_from_slice(&line);
+        self.next_seq += 1;
+        self.last_hash = hash;
+    }
+
+    /// Writes and fsyncs what is pending.
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = append_durably(
+            &mut self.file,
+            &self.path,
+            self.good_len,
+            &self.pending,
+            true,
+        );
+        if result.is_ok() {
+            self.good_len += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        result
+    }
+}
+
+/// Appends `bytes` to the file at `path`, (re)opening it when a failure dropped the handle,
+/// and then first cutting whatever a failed write left past `good_len`. On failure the
+/// handle is dropped so the next attempt starts clean.
+fn append_durably(
+    handle: &mut Option<File>,
+    path: &Path,
+    good_len: u64,
+    bytes: &[u8],
+    sync: bool,
+) -> std::io::Result<()> {
+    let result = (|| {
+        if handle.is_none() {
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            let meta = file.metadata()?;
+            if meta.is_file() && meta.len() > good_len {
+                file.set_len(good_len)?;
+            }
+            *handle = Some(file);
+        }
+        let file = handle.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
+        file.write_all(bytes)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        *handle = None;
+    }
+    result
+}
+
+/// The segment being written.
+struct Segment {
+    name: String,
+    path: PathBuf,
+    file: Option<File>,
+    first_seq: u64,
+    records: u64,
+    /// Length up to the last record known to be wholly written.
+    bytes: u64,
+    /// SHA-256 over exactly those bytes, kept up to date so closing needs no re-read.
+    hasher: Sha256,
+    opened: Instant,
+    first_written: Option<SystemTime>,
+    last_written: Option<SystemTime>,
+    last_hash: [u8; 32],
+}
+
+struct Writer {
+    dir: PathBuf,
+    gateway: String,
+    durability: Durability,
+    max_bytes: u64,
+    max_age: Duration,
+    signer: Option<Signer>,
+    segment: Option<Segment>,
+    /// Since when no segment has been open: an interval this long with no records gets a
+    /// digest of its own.
+    quiet_since: Instant,
     next_seq: u64,
     /// Hash of the last record written: the next one's `prev`.
     last_hash: [u8; 32],
     /// The seq this writer's trail continues after, when it continues one.
     resumed_after: Option<u64>,
-    gateway: String,
-    /// Length of the file up to the last record known to be wholly written.
-    good_len: u64,
-    durability: Durability,
+    digests: DigestLog,
     state: Arc<SharedState>,
     buf: Vec<u8>,
 }
@@ -247,9 +478,8 @@ const MAX_BATCH: usize = 1024;
 impl Writer {
     /// A record about the trail itself (start, stop), in the same chain.
     fn lifecycle(&self, phase: &str) -> Entry {
-        let ts = super::timestamp(std::time::SystemTime::now());
         let body = serde_json::json!({
-            "ts": ts,
+            "ts": timestamp(SystemTime::now()),
             "gateway": self.gateway,
             "phase": phase,
             // The first record of a new trail says so; after a restart it names the record
@@ -263,7 +493,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
+    fn run(mut self, rx: mpsc::Receiver<Entry>) {
         let mut batch: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
         batch.push(self.lifecycle("start"));
         self.write_batch(&mut batch);
@@ -272,34 +502,97 @@ impl Writer {
         } else {
             MAX_BATCH
         };
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
+        loop {
+            match rx.recv_timeout(self.until_due()) {
+                Ok(first) => {
+                    // A start record that could not be written leads the first batch that
+                    // can be: the trail always says where a run began.
+                    if self.next_seq == self.resumed_after.map_or(1, |s| s + 1) {
+                        batch.push(self.lifecycle("start"));
+                    }
+                    batch.push(first);
+                    while batch.len() < max {
+                        match rx.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    self.write_batch(&mut batch);
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.write_batch(&mut batch);
+            self.on_clock();
         }
         batch.push(self.lifecycle("stop"));
         self.write_batch(&mut batch);
-        if let Some(f) = &self.file {
-            let _ = f.sync_data();
+        self.close_segment(Reason::Stop);
+        self.state.stopped.store(true, Ordering::Release);
+    }
+
+    /// How long until the open segment reaches its age, or the quiet interval ends.
+    fn until_due(&self) -> Duration {
+        let since = self.segment.as_ref().map_or(self.quiet_since, |s| s.opened);
+        self.max_age
+            .saturating_sub(since.elapsed())
+            .max(Duration::from_millis(1))
+    }
+
+    /// Rotation by age, digests for quiet intervals, retries of digests that failed.
+    fn on_clock(&mut self) {
+        match &self.segment {
+            Some(s) if s.opened.elapsed() >= self.max_age => self.close_segment(Reason::Rotate),
+            None if self.quiet_since.elapsed() >= self.max_age => {
+                let entry = self.digests.blank(&self.gateway);
+                self.digests.push(entry, self.signer.as_ref());
+                self.quiet_since = Instant::now();
+                self.flush_digests();
+            }
+            _ if !self.digests.pending.is_empty() => self.flush_digests(),
+            _ => {}
         }
     }
 
+    fn flush_digests(&mut self) {
+        if let Err(e) = self.digests.flush() {
+            self.failed(&self.digests.path.clone(), &e);
+        }
+    }
+
+    fn failed(&self, path: &Path, e: &std::io::Error) {
+        if self.state.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(path = %path.display(), error = %e, "audit trail write failed: refusing requests until it recovers");
+        }
+        self.state.failed_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn write_batch(&mut self, batch: &mut Vec<Entry>) {
+        if batch.is_empty() {
+            return;
+        }
         self.buf.clear();
         let first_seq = self.next_seq;
         let mut hash = self.last_hash;
         for (i, entry) in batch.iter().enumerate() {
             hash = chain::seal(&mut self.buf, first_seq + i as u64, &entry.body, &hash);
         }
-        let result = self.write_and_sync();
+        // Digests owed from earlier go first: no record is accepted while the digest log
+        // cannot be written.
+        let result = self
+            .digests
+            .flush()
+            .map_err(|e| (self.digests.path.clone(), e))
+            .and_then(|()| self.append_to_segment());
         match result {
             Ok(()) => {
-                self.good_len += self.buf.len() as u64;
+                let now = SystemTime::now();
+                let segment = self.segment.as_mut().expect("append opened a segment");
+                segment.records += batch.len() as u64;
+                segment.bytes += self.buf.len() as u64;
+                segment.hasher.update(&self.buf);
+                segment.first_written.get_or_insert(now);
+                segment.last_written = Some(now);
+                segment.last_hash = hash;
                 self.next_seq += batch.len() as u64;
                 self.last_hash = hash;
                 self.state.healthy.store(true, Ordering::Release);
@@ -311,41 +604,90 @@ impl Writer {
                         let _ = ack.send(Ok(first_seq + i as u64));
                     }
                 }
-            }
-            Err(e) => {
-                if self.state.healthy.swap(false, Ordering::AcqRel) {
-                    tracing::error!(path = %self.path.display(), error = %e, "audit trail write failed: refusing requests until it recovers");
+                if segment.bytes >= self.max_bytes {
+                    self.close_segment(Reason::Rotate);
                 }
-                self.state.failed_writes.fetch_add(1, Ordering::Relaxed);
-                // Forget the handle: the next batch reopens and cuts any torn tail.
-                self.file = None;
+            }
+            Err((path, e)) => {
+                self.failed(&path, &e);
                 for entry in batch.drain(..) {
-                    if let Some(ack) = entry.ack {
-                        let _ = ack.send(Err(AuditError::WriteFailed));
+                    match entry.ack {
+                        Some(ack) => {
+                            let _ = ack.send(Err(AuditError::WriteFailed));
+                        }
+                        // A completion: its request was forwarded already.
+                        None => {
+                            self.state
+                                .dropped_completions
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
         }
     }
 
-    fn write_and_sync(&mut self) -> std::io::Result<()> {
-        if self.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&self.path)?;
-            if file.metadata()?.is_file() && file.metadata()?.len() > self.good_len {
-                file.set_len(self.good_len)?;
+    fn append_to_segment(&mut self) -> Result<(), (PathBuf, std::io::Error)> {
+        let segment = self.segment.get_or_insert_with(|| {
+            let name = segment::segment_name(&self.gateway, self.next_seq);
+            Segment {
+                path: self.dir.join(&name),
+                name,
+                file: None,
+                first_seq: self.next_seq,
+                records: 0,
+                bytes: 0,
+                hasher: Sha256::new(),
+                opened: Instant::now(),
+                first_written: None,
+                last_written: None,
+                last_hash: chain::GENESIS,
             }
-            self.file = Some(file);
+        });
+        append_durably(
+            &mut segment.file,
+            &segment.path,
+            segment.bytes,
+            &self.buf,
+            self.durability != Durability::None,
+        )
+        .map_err(|e| (segment.path.clone(), e))
+    }
+
+    /// Closes the open segment and attests it with a digest. A segment that never took a
+    /// record is removed instead; at stop, a digest is written either way.
+    fn close_segment(&mut self, reason: Reason) {
+        let mut entry = self.digests.blank(&self.gateway);
+        entry.reason = reason;
+        match self.segment.take() {
+            Some(segment) if segment.records > 0 => {
+                // Whatever durability promised per record, a closed segment is on disk.
+                if let Some(Err(e)) = segment.file.as_ref().map(File::sync_all) {
+                    self.failed(&segment.path, &e);
+                }
+                entry.segment = Some(segment.name);
+                entry.first_seq = Some(segment.first_seq);
+                entry.last_seq = Some(segment.first_seq + segment.records - 1);
+                entry.first_ts = segment.first_written.map(timestamp);
+                entry.last_ts = segment.last_written.map(timestamp);
+                entry.records = segment.records;
+                entry.bytes = segment.bytes;
+                entry.segment_sha256 = Some(hex::encode(segment.hasher.finalize()));
+                entry.last_record_hash = Some(hex::encode(segment.last_hash));
+            }
+            Some(segment) => {
+                drop(segment.file);
+                let _ = std::fs::remove_file(&segment.path);
+                if reason != Reason::Stop {
+                    return;
+                }
+            }
+            None if reason != Reason::Stop => return,
+            None => {}
         }
-        let file = self.file.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
-        file.write_all(&self.buf)?;
-        if self.durability != Durability::None {
-            file.sync_data()?;
-        }
-        Ok(())
+        self.digests.push(entry, self.signer.as_ref());
+        self.quiet_since = Instant::now();
+        self.flush_digests();
     }
 }
 
@@ -359,14 +701,31 @@ mod tests {
             durability,
             signing_key: None,
             queue_capacity: 16,
+            segment_max_bytes: 64 * 1024 * 1024,
+            segment_max_age: Duration::from_secs(3600),
         }
     }
 
-    fn lines(path: &Path) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(path)
+    /// Every record of every segment, in chain order.
+    fn records(dir: &Path) -> Vec<serde_json::Value> {
+        segment::list(dir)
             .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .iter()
+            .flat_map(|s| {
+                std::fs::read_to_string(&s.path)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn digests(dir: &Path, gateway: &str) -> Vec<digest::Entry> {
+        std::fs::read(dir.join(segment::digest_name(gateway)))
+            .unwrap_or_default()
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| digest::open(l, None).unwrap().entry)
             .collect()
     }
 
@@ -377,11 +736,15 @@ mod tests {
             .unwrap();
     }
 
-    fn verify(path: &Path) -> u64 {
-        let text = std::fs::read(path).unwrap();
+    fn verify(dir: &Path) -> u64 {
         let mut v = chain::Verifier::default();
-        for line in text.split_inclusive(|&b| b == b'\n') {
-            v.next(line).unwrap();
+        for s in segment::list(dir).unwrap() {
+            for line in std::fs::read(&s.path)
+                .unwrap()
+                .split_inclusive(|&b| b == b'\n')
+            {
+                v.next(line).unwrap();
+            }
         }
         v.records
     }
@@ -400,8 +763,7 @@ mod tests {
         sink.record_decision(br#"{"n":3}"#.to_vec()).await.unwrap();
         close(sink, handle).await;
 
-        let path = dir.path().join("gw.jsonl");
-        let records = lines(&path);
+        let records = records(dir.path());
         let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
         let phases: Vec<&str> = records
@@ -424,34 +786,140 @@ mod tests {
         assert_eq!(records[4]["new_trail"], false);
         assert_eq!(records[4]["continues_after_seq"], 4);
         assert_eq!(records[4]["prev"], records[3]["hash"]);
-        assert_eq!(verify(&path), 7);
+        assert_eq!(verify(dir.path()), 7);
+
+        // One segment per run, each closed at stop with a digest that links to the one before.
+        let names: Vec<String> = segment::list(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                segment::segment_name("gw", 1),
+                segment::segment_name("gw", 5)
+            ]
+        );
+        let d = digests(dir.path(), "gw");
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].reason, d[0].first_seq, d[0].last_seq),
+            (Reason::Stop, Some(1), Some(4))
+        );
+        assert_eq!(
+            (d[1].reason, d[1].first_seq, d[1].last_seq),
+            (Reason::Stop, Some(5), Some(7))
+        );
+        assert_eq!(d[1].digest_seq, 2);
+        assert_eq!(
+            d[1].last_record_hash.as_deref(),
+            records[6]["hash"].as_str()
+        );
+        let bytes = std::fs::read(dir.path().join(&names[1])).unwrap();
+        assert_eq!(
+            d[1].segment_sha256,
+            Some(hex::encode(Sha256::digest(&bytes)))
+        );
+        assert_eq!(d[1].bytes, bytes.len() as u64);
     }
 
     #[tokio::test]
-    async fn a_torn_last_line_is_cut_before_appending() {
+    async fn segments_rotate_by_size_and_each_closed_segment_gets_a_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Durability::Every);
+        cfg.segment_max_bytes = 1; // every batch closes its segment
+        let (sink, handle) = AuditSink::open(&cfg, "gw").unwrap();
+        for n in 0..3 {
+            sink.record_decision(format!(r#"{{"n":{n}}}"#).into_bytes())
+                .await
+                .unwrap();
+        }
+        close(sink, handle).await;
+        assert_eq!(segment::list(dir.path()).unwrap().len(), 5);
+        let d = digests(dir.path(), "gw");
+        let reasons: Vec<Reason> = d.iter().map(|e| e.reason).collect();
+        // start, three records, stop: each in a segment of its own; the stop record's segment
+        // is closed by its size too, so the stop digest attests no further segment.
+        assert_eq!(
+            reasons,
+            vec![
+                Reason::Rotate,
+                Reason::Rotate,
+                Reason::Rotate,
+                Reason::Rotate,
+                Reason::Rotate,
+                Reason::Stop
+            ]
+        );
+        assert_eq!(d[5].segment, None);
+        assert_eq!(verify(dir.path()), 5);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_interval_gets_a_digest_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), Durability::Group);
+        cfg.segment_max_age = Duration::from_millis(100);
+        let (sink, handle) = AuditSink::open(&cfg, "gw").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The start record's segment ages out, then quiet intervals follow.
+        while digests(dir.path(), "gw").len() < 3 {
+            assert!(Instant::now() < deadline, "no quiet-interval digests");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        close(sink, handle).await;
+        let d = digests(dir.path(), "gw");
+        assert_eq!(d[0].reason, Reason::Rotate);
+        assert_eq!(d[0].records, 1);
+        assert_eq!(d[1].reason, Reason::Interval);
+        assert_eq!((d[1].segment.as_deref(), d[1].records), (None, 0));
+        assert_eq!(d.last().unwrap().reason, Reason::Stop);
+        assert_eq!(verify(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn a_segment_a_crash_left_without_digest_is_attested_as_recovered() {
         let dir = tempfile::tempdir().unwrap();
         let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
         sink.record_decision(br#"{"a":1}"#.to_vec()).await.unwrap();
         close(sink, handle).await;
-        let path = dir.path().join("gw.jsonl");
-        let mut text = std::fs::read_to_string(&path).unwrap();
+        // What a crash leaves: no stop digest, and half a record.
+        std::fs::write(dir.path().join(segment::digest_name("gw")), "").unwrap();
+        let first = dir.path().join(segment::segment_name("gw", 1));
+        let mut text = std::fs::read_to_string(&first).unwrap();
         text.push_str("{\"seq\":4,\"a\"");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&first, text).unwrap();
 
         let (sink, handle) = AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
         sink.record_decision(br#"{"b":2}"#.to_vec()).await.unwrap();
         close(sink, handle).await;
-        let records = lines(&path);
+        let d = digests(dir.path(), "gw");
+        assert_eq!(d[0].reason, Reason::Recovered);
+        assert_eq!(
+            (d[0].first_seq, d[0].last_seq, d[0].records),
+            (Some(1), Some(3), 3)
+        );
+        let bytes = std::fs::read(&first).unwrap();
+        assert_eq!(
+            d[0].segment_sha256,
+            Some(hex::encode(Sha256::digest(&bytes)))
+        );
+        assert_eq!(d[1].first_seq, Some(4));
+        let records = records(dir.path());
         assert_eq!(records.len(), 6);
-        assert_eq!(records[4]["seq"], 5);
         assert_eq!(records[4]["b"], 2);
-        assert_eq!(verify(&path), 6);
+        assert_eq!(verify(dir.path()), 6);
     }
 
     #[test]
     fn an_unreadable_last_record_stops_the_writer_from_starting() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("gw.jsonl"), "{\"seq\":7}\n").unwrap();
+        std::fs::write(
+            dir.path().join(segment::segment_name("gw", 7)),
+            "{\"seq\":7}\n",
+        )
+        .unwrap();
         let err = AuditSink::open(&config(dir.path(), Durability::Group), "gw").err();
         assert!(matches!(err, Some(AuditError::Open(m)) if m.contains("needs inspection")));
     }
@@ -460,14 +928,15 @@ mod tests {
     #[tokio::test]
     async fn without_durability_a_failing_trail_still_refuses_after_the_first_failure() {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/dev/full", dir.path().join("gw.jsonl")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment::segment_name("gw", 1)))
+            .unwrap();
         let (sink, _handle) = AuditSink::open(&config(dir.path(), Durability::None), "gw").unwrap();
         // The writer's first write (its start record) fails …
         for _ in 0..200 {
             if !sink.is_healthy() {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!sink.is_healthy());
         // … and from then on every request waits for its record and is refused.
@@ -481,7 +950,8 @@ mod tests {
     #[tokio::test]
     async fn an_unwritable_trail_refuses_and_reports_unhealthy() {
         let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/dev/full", dir.path().join("gw.jsonl")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(segment::segment_name("gw", 1)))
+            .unwrap();
         let (sink, _handle) =
             AuditSink::open(&config(dir.path(), Durability::Group), "gw").unwrap();
         let err = sink
