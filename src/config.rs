@@ -248,6 +248,8 @@ pub struct Config {
     /// Directory the file was read from: relative paths in it are resolved against the
     /// current directory, like every other tool, but we keep it for messages.
     pub source: PathBuf,
+    /// SHA-256 of the configuration text, hex: which file was in force is in the trail.
+    pub sha256: String,
 }
 
 // ---- raw, as written -------------------------------------------------------------------
@@ -568,6 +570,10 @@ impl Config {
                     buckets,
                     later,
                     source: PathBuf::new(),
+                    sha256: {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+                    },
                 })
             }
             _ => {

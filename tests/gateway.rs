@@ -582,6 +582,10 @@ async fn an_unwritable_trail_refuses_with_503_forwards_nothing_and_recovers_by_i
     assert!(h.admin_get("/readyz").await.starts_with("HTTP/1.1 200"));
     let reports = gatehouse::audit::verify::verify_dir(&h.fixture.audit_dir, None).unwrap();
     assert_eq!(reports[0].first_seq, Some(1));
+    // The start and configuration records the full disk refused were kept and come first.
+    let trail = h.trail();
+    let phases: Vec<&str> = trail.iter().map(|r| r["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases[..4], ["start", "config", "decision", "completion"]);
 }
 
 #[tokio::test]
@@ -834,4 +838,28 @@ async fn h2_requests_get_the_same_host_checks() {
         assert_eq!(s, StatusCode::BAD_REQUEST);
     }
     assert!(h.standin.seen().is_empty());
+}
+
+#[tokio::test]
+async fn the_configuration_in_force_is_a_record_in_the_chain() {
+    use sha2::Digest;
+    let h = Harness::start().await;
+    let text = std::fs::read(&h.fixture.config_path).unwrap();
+    let trail = h.trail();
+    let phases: Vec<&str> = trail
+        .iter()
+        .take(2)
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["start", "config"]);
+    let config = &trail[1];
+    assert_eq!(config["event"], "load");
+    assert_eq!(config["outcome"], "applied");
+    assert_eq!(config["sha256"], hex::encode(sha2::Sha256::digest(&text)));
+    assert_eq!(config["gateway"], "gw-test");
+    assert_eq!(config["prev"], trail[0]["hash"]);
+    assert!(config["workspaces"]
+        .as_array()
+        .unwrap()
+        .contains(&"prod-analytics".into()));
 }

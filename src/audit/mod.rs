@@ -16,7 +16,7 @@ pub mod verify;
 mod writer;
 
 pub use record::{
-    scrub_path, scrub_query, timestamp, ClientInfo, CompletionRecord, CredentialInfo,
+    config_event, scrub_path, scrub_query, timestamp, ClientInfo, CompletionRecord, CredentialInfo,
     DecisionRecord, RequestInfo, S3AssetInfo,
 };
 pub use writer::{AuditError, AuditSink, AuditWriterHandle};

@@ -268,6 +268,28 @@ impl DecisionRecord<'_> {
     }
 }
 
+/// A `config` record: which configuration the gateway runs on, in the same chain as the
+/// requests it governs. `event` is `load` (at start) or `reload`; `errors` lists why a reload
+/// was refused (the running configuration stays).
+pub fn config_event(config: &crate::config::Config, event: &str, errors: &[String]) -> Vec<u8> {
+    serde_json::json!({
+        "ts": timestamp(SystemTime::now()),
+        "gateway": config.server.gateway_id,
+        "phase": "config",
+        "event": event,
+        "outcome": if errors.is_empty() { "applied" } else { "refused" },
+        "errors": errors,
+        "source": config.source.display().to_string(),
+        "sha256": config.sha256,
+        "workspaces": config.workspaces.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        "buckets": config.buckets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(),
+        "durability": format!("{:?}", config.audit.durability).to_lowercase(),
+        "signed_digests": config.audit.signing_key.is_some(),
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// The `completion` record: what happened after the decision.
 #[derive(Debug, Serialize)]
 pub struct CompletionRecord<'a> {

@@ -104,6 +104,7 @@ impl AuditSink {
             digests: opened.digests,
             state: state.clone(),
             buf: Vec::with_capacity(64 * 1024),
+            owed: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".to_owned())
@@ -133,8 +134,14 @@ impl AuditSink {
         self.record_durably(body).await
     }
 
+    /// Hands over a record about the gateway itself (a configuration load) without waiting.
+    /// If the trail cannot take it now, it is kept and written first when it can.
+    pub fn record_event(&self, body: Vec<u8>) -> Result<(), AuditError> {
+        self.enqueue(Entry { body, ack: None })
+    }
+
     /// Hands over a record and waits until it is written and fsynced, whatever the durability
-    /// mode: for events about the gateway itself (configuration loads, exception changes).
+    /// mode: for changes that must be on disk before they take effect (exception approvals).
     pub async fn record_durably(&self, body: Vec<u8>) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.enqueue(Entry {
@@ -471,9 +478,14 @@ struct Writer {
     digests: DigestLog,
     state: Arc<SharedState>,
     buf: Vec<u8>,
+    /// Records without an ack whose write failed, in order.
+    owed: Vec<Vec<u8>>,
 }
 
 const MAX_BATCH: usize = 1024;
+/// Records nobody waits for, kept across a failed write. While the trail fails every request
+/// is refused, so this only grows by completions of requests already in flight.
+const MAX_OWED: usize = 16_384;
 
 impl Writer {
     /// A record about the trail itself (start, stop), in the same chain.
@@ -505,11 +517,6 @@ impl Writer {
         loop {
             match rx.recv_timeout(self.until_due()) {
                 Ok(first) => {
-                    // A start record that could not be written leads the first batch that
-                    // can be: the trail always says where a run began.
-                    if self.next_seq == self.resumed_after.map_or(1, |s| s + 1) {
-                        batch.push(self.lifecycle("start"));
-                    }
                     batch.push(first);
                     while batch.len() < max {
                         match rx.try_recv() {
@@ -570,6 +577,10 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        if !self.owed.is_empty() {
+            let owed = self.owed.drain(..).map(|body| Entry { body, ack: None });
+            batch.splice(0..0, owed);
+        }
         self.buf.clear();
         let first_seq = self.next_seq;
         let mut hash = self.last_hash;
@@ -612,10 +623,13 @@ impl Writer {
                 self.failed(&path, &e);
                 for entry in batch.drain(..) {
                     match entry.ack {
+                        // Its request is refused: nothing was forwarded unrecorded.
                         Some(ack) => {
                             let _ = ack.send(Err(AuditError::WriteFailed));
                         }
-                        // A completion: its request was forwarded already.
+                        // Nobody waits for it (a completion of a request already forwarded, a
+                        // start or config record): kept and written first once writing works.
+                        None if self.owed.len() < MAX_OWED => self.owed.push(entry.body),
                         None => {
                             self.state
                                 .dropped_completions

@@ -43,6 +43,10 @@ pub async fn start(config: &Config) -> Result<Running, String> {
 
     let (audit, audit_writer) = AuditSink::open(&config.audit, &config.server.gateway_id)
         .map_err(|e| format!("audit.dir: {e}"))?;
+    // The configuration in force follows the start record in the chain, ahead of any request.
+    audit
+        .record_event(crate::audit::config_event(config, "load", &[]))
+        .map_err(|e| format!("audit.dir: {e}"))?;
     start_with(config, keys, audit, audit_writer, background).await
 }
 
