@@ -140,8 +140,10 @@ def _toml_str(s: str) -> str:
 def write_config(path: Path, *, certs: Path, jwks: Path, upstream: str, audit_dir: Path,
                  listen: str = "127.0.0.1:0", admin_listen: str = "127.0.0.1:0",
                  hosts: Sequence[str] = ("localhost", "127.0.0.1"), gateway_id: str = "gw-test",
-                 deny_groups: Sequence[str] = ("tenant-martech",), humans: str = "allow") -> Path:
-    """The TOML config of the contract (DESIGN.md key names)."""
+                 deny_groups: Sequence[str] = ("tenant-martech",), humans: str = "allow",
+                 durability: str = "group", signing_key: Optional[Path] = None) -> Path:
+    """The TOML config of the contract (DESIGN.md key names). `durability` is the audit
+    trail's: "every", "group" or "none"; `signing_key` signs its digests."""
     arr = lambda xs: "[" + ", ".join(_toml_str(x) for x in xs) + "]"  # noqa: E731
     text = f"""\
 [server]
@@ -170,8 +172,10 @@ unknown_api = "deny"
 
 [audit]
 dir = {_toml_str(audit_dir)}
-durability = "group"
+durability = {_toml_str(durability)}
 """
+    if signing_key is not None:
+        text += f"signing_key = {_toml_str(signing_key)}\n"
     path.write_text(text)
     return path
 
