@@ -34,6 +34,7 @@ fn main() -> Result<(), String> {
         segment_max_age: Duration::from_secs(3600),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .map_err(|e| e.to_string())?;
     let (sink, handle) = AuditSink::open(&config, "gw-synth").map_err(|e| e.to_string())?;

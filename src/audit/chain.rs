@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 pub const GENESIS: [u8; 32] = [0; 32];
 
 const HASH_SUFFIX_LEN: usize = r#","hash":""#.len() + 64 + r#""}"#.len();
+const PREV_SUFFIX_LEN: usize = r#","prev":""#.len() + 64 + 1;
 
 /// Appends the sealed line for `body` (a JSON object with the record's own fields) and a
 /// newline to `out`; returns the new record's hash.
@@ -96,16 +97,26 @@ pub fn open(line: &[u8]) -> Result<Link, ChainError> {
     hasher.update(canonical_head);
     hasher.update(b"}");
     let computed: [u8; 32] = hasher.finalize().into();
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|_| ChainError::NotSealed)?;
-    let seq = value
-        .get("seq")
-        .and_then(|s| s.as_u64())
+    // The line is whole JSON (checked without building it) and the chain fields sit where
+    // `seal` put them: seq first, prev last before the hash.
+    serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|_| ChainError::NotSealed)?;
+    let seq = canonical_head
+        .strip_prefix(b"{\"seq\":")
+        .and_then(|rest| {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            std::str::from_utf8(&rest[..digits])
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        })
         .ok_or(ChainError::NotSealed)?;
-    let prev = value
-        .get("prev")
-        .and_then(|p| p.as_str())
-        .and_then(|p| decode_hash(p.as_bytes()))
+    let prev = canonical_head
+        .len()
+        .checked_sub(PREV_SUFFIX_LEN)
+        .map(|at| &canonical_head[at..])
+        .and_then(|p| p.strip_prefix(br#","prev":""#))
+        .and_then(|p| p.strip_suffix(b"\""))
+        .and_then(decode_hash)
         .ok_or(ChainError::NotSealed)?;
     if computed != stored {
         return Err(ChainError::HashMismatch);

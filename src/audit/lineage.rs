@@ -217,23 +217,29 @@ fn cell(v: &Value) -> String {
 
 /// Streams every segment of `dir` through a [`Lineage`].
 pub fn scan(dir: &std::path::Path, subject: Subject) -> Result<Vec<Row>, String> {
-    use std::io::BufRead;
+    use super::query::{asset_needles, contains, string_member};
+    // Byte strings a relevant decision must contain; most lines are never parsed. A copy's
+    // source is an asset too, so an asset prefix cannot narrow decisions down by bytes.
+    let needles: Vec<Vec<u8>> = match &subject {
+        Subject::Principal(id) => vec![format!("\"{id}\"").into_bytes()],
+        Subject::Asset(prefix) if prefix.starts_with("s3://") => Vec::new(),
+        Subject::Asset(prefix) => asset_needles(prefix),
+    };
     let mut lineage = Lineage::new(subject);
-    for path in super::query::trail_files(dir)? {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            let Ok(line) = line else { break };
-            // Only decisions and completions count; skip the rest unparsed.
-            if !line.contains("\"phase\":\"decision\"")
-                && !line.contains("\"phase\":\"completion\"")
-            {
-                continue;
-            }
-            if let Ok(record) = serde_json::from_str::<Value>(&line) {
+    super::query::for_each_line(dir, |line| {
+        let wanted = if contains(line, br#""phase":"completion""#) {
+            string_member(line, br#""exchange":""#)
+                .and_then(|x| std::str::from_utf8(x).ok())
+                .is_some_and(|x| lineage.pending.contains_key(x))
+        } else {
+            contains(line, br#""phase":"decision""#) && needles.iter().all(|n| contains(line, n))
+        };
+        if wanted {
+            if let Ok(record) = serde_json::from_slice::<Value>(line) {
                 lineage.add(&record);
             }
         }
-    }
+    })?;
     Ok(lineage.finish())
 }
 

@@ -2,7 +2,6 @@
 //! joined with its completion record (by `exchange`). Reading is streaming, one line at a time.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -76,6 +75,40 @@ pub(super) fn asset_name(record: &Value) -> Option<String> {
 }
 
 impl Filter {
+    /// Byte strings every matching line must contain: each exact-match value, quoted, when
+    /// JSON writes it verbatim (no quote, backslash or control character to escape).
+    fn needles(&self) -> Vec<Vec<u8>> {
+        [
+            &self.principal,
+            &self.workspace,
+            &self.action,
+            &self.category,
+            &self.decision,
+            &self.rule,
+            &self.exception,
+            &self.bucket,
+            &self.request_id,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|v| verbatim(v))
+        .map(|v| format!("\"{v}\"").into_bytes())
+        .chain(self.asset.iter().flat_map(|a| asset_needles(a)))
+        .collect()
+    }
+
+    /// Whether a line's `ts` (read without parsing) is outside the time bounds.
+    fn out_of_time(&self, line: &[u8]) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return false;
+        }
+        let Some(ts) = string_member(line, br#""ts":""#) else {
+            return false;
+        };
+        self.since.as_deref().is_some_and(|s| ts < s.as_bytes())
+            || self.until.as_deref().is_some_and(|u| ts > u.as_bytes())
+    }
+
     /// Whether a decision record matches. Pure.
     pub fn matches(&self, r: &Value) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
@@ -109,44 +142,102 @@ pub struct Hit {
 
 /// Scans every segment of `dir`, gateway by gateway, in chain order.
 pub fn run(dir: &Path, filter: &Filter) -> Result<Vec<Hit>, String> {
-    let files = trail_files(dir)?;
+    let needles = filter.needles();
     let mut hits: Vec<Hit> = Vec::new();
-    let mut waiting: HashMap<String, usize> = HashMap::new();
-    for path in files {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in std::io::BufReader::new(file).lines() {
-            let Ok(line) = line else { break };
-            // Cheap pre-check before parsing: only decision and completion records matter.
-            let is_completion = line.contains("\"phase\":\"completion\"");
-            if !is_completion && !line.contains("\"phase\":\"decision\"") {
-                continue;
-            }
-            if is_completion && waiting.is_empty() {
-                continue;
-            }
-            let Ok(record) = serde_json::from_str::<Value>(&line) else {
-                continue;
+    let mut waiting: HashMap<Vec<u8>, usize> = HashMap::new();
+    for_each_line(dir, |line| {
+        // Cheap byte checks first; most lines of a large trail are never parsed.
+        let is_completion = contains(line, br#""phase":"completion""#);
+        if is_completion {
+            let Some(exchange) = string_member(line, br#""exchange":""#) else {
+                return;
             };
-            let exchange = text(&record, &["exchange"]).unwrap_or("").to_owned();
-            if is_completion {
-                if let Some(i) = waiting.remove(&exchange) {
-                    hits[i].completion = Some(record);
-                }
-                continue;
+            if let Some(i) = waiting.remove(exchange) {
+                hits[i].completion = serde_json::from_slice(line).ok();
             }
-            if filter.matches(&record) {
-                if filter.limit.is_some_and(|l| hits.len() >= l) {
-                    continue;
-                }
-                waiting.insert(exchange, hits.len());
-                hits.push(Hit {
-                    decision: record,
-                    completion: None,
-                });
+            return;
+        }
+        if !contains(line, br#""phase":"decision""#)
+            || filter.limit.is_some_and(|l| hits.len() >= l)
+            || !needles.iter().all(|n| contains(line, n))
+            || filter.out_of_time(line)
+        {
+            return;
+        }
+        let Ok(record) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        if filter.matches(&record) {
+            let exchange = text(&record, &["exchange"])
+                .unwrap_or("")
+                .as_bytes()
+                .to_vec();
+            waiting.insert(exchange, hits.len());
+            hits.push(Hit {
+                decision: record,
+                completion: None,
+            });
+        }
+    })?;
+    Ok(hits)
+}
+
+/// Calls `f` with every line (without its newline) of every segment of `dir`, in chain order.
+pub fn for_each_line(dir: &Path, mut f: impl FnMut(&[u8])) -> Result<(), String> {
+    use std::io::BufRead;
+    let mut line = Vec::with_capacity(4096);
+    for path in trail_files(dir)? {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => f(line.strip_suffix(b"\n").unwrap_or(&line)),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
             }
         }
     }
-    Ok(hits)
+    Ok(())
+}
+
+/// Whether JSON writes `value` as is (nothing to escape), so it can be searched for in bytes.
+fn verbatim(value: &str) -> bool {
+    !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// Byte strings every record whose asset starts with `prefix` contains: for `s3://b/k…` the
+/// bucket (whole when the prefix names it whole) and the start of the key; otherwise the
+/// quoted start of the path.
+pub(super) fn asset_needles(prefix: &str) -> Vec<Vec<u8>> {
+    if !verbatim(prefix) {
+        return Vec::new();
+    }
+    match prefix.strip_prefix("s3://") {
+        Some(rest) => match rest.split_once('/') {
+            Some((bucket, key)) => {
+                let mut n = vec![format!("\"{bucket}\"").into_bytes()];
+                if !key.is_empty() {
+                    n.push(format!("\"{key}").into_bytes());
+                }
+                n
+            }
+            None => vec![format!("\"{rest}").into_bytes()],
+        },
+        None => vec![format!("\"{prefix}").into_bytes()],
+    }
+}
+
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// The raw value of the first string member starting with `key` (`"exchange":"`), for values
+/// the gateway writes without escapes.
+pub(super) fn string_member<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let start = memchr::memmem::find(line, key)? + key.len();
+    let len = memchr::memchr(b'"', &line[start..])?;
+    Some(&line[start..start + len])
 }
 
 /// Every segment file of `dir` in chain order, or why there is none.
@@ -239,6 +330,100 @@ mod tests {
                "workspace": "prod-analytics", "action": {"name": "dbfs.read", "category": "download"},
                "asset": {"kind": "dbfs", "path": "dbfs:/tmp/x.csv"},
                "decision": {"effect": effect, "rule": "downloads.blocked", "exception": null}})
+    }
+
+    /// The byte pre-checks may only skip lines the full match would reject: a scan of a real
+    /// trail file gives, for every filter, exactly what matching every record gives.
+    #[test]
+    fn byte_prechecks_never_change_what_a_scan_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut records = vec![
+            decision("alice", "deny", "2026-11-27T08:00:00.000000Z"),
+            decision(
+                "bob \"the\" builder",
+                "allow",
+                "2026-11-27T09:00:00.000000Z",
+            ),
+            decision("carol", "would_deny", "2026-11-27T10:00:00.000000Z"),
+        ];
+        records.push(json!({"ts": "2026-11-27T11:00:00.000000Z", "phase": "decision", "exchange": "s3",
+            "principal": {"id": "sp-etl"}, "asset": {"kind": "s3", "bucket": "buk-raw", "key": "landing/a.csv"},
+            "decision": {"effect": "deny"}}));
+        records.push(json!({"ts": "2026-11-27T11:00:01.000000Z", "phase": "completion", "exchange": "s3", "status": 403}));
+        let mut text = Vec::new();
+        let mut prev = super::super::chain::GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            prev =
+                super::super::chain::seal(&mut text, i as u64 + 1, r.to_string().as_bytes(), &prev);
+        }
+        std::fs::write(
+            dir.path()
+                .join(super::super::segment::segment_name("gw", 1)),
+            text,
+        )
+        .unwrap();
+        let filters = [
+            Filter {
+                principal: Some("bob \"the\" builder".into()),
+                ..Default::default()
+            },
+            Filter {
+                principal: Some("alice".into()),
+                decision: Some("deny".into()),
+                ..Default::default()
+            },
+            Filter {
+                asset: Some("s3://buk-r".into()),
+                ..Default::default()
+            },
+            Filter {
+                asset: Some("s3://buk-raw/landing/".into()),
+                ..Default::default()
+            },
+            Filter {
+                asset: Some("s3://buk-raw/other/".into()),
+                ..Default::default()
+            },
+            Filter {
+                asset: Some("dbfs:/tmp/".into()),
+                ..Default::default()
+            },
+            Filter {
+                since: Some("2026-11-27T09:00:00Z".into()),
+                until: Some("2026-11-27T10:30:00Z".into()),
+                ..Default::default()
+            },
+            Filter {
+                decision: Some("would_deny".into()),
+                ..Default::default()
+            },
+        ];
+        for f in filters {
+            let found: Vec<String> = run(dir.path(), &f)
+                .unwrap()
+                .iter()
+                .map(|h| h.decision["exchange"].as_str().unwrap().to_owned())
+                .collect();
+            let expected: Vec<String> = records
+                .iter()
+                .filter(|r| r["phase"] == "decision" && f.matches(r))
+                .map(|r| r["exchange"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(found, expected, "{f:?}");
+            assert!(
+                !expected.is_empty() || f.asset.as_deref() == Some("s3://buk-raw/other/"),
+                "{f:?}"
+            );
+        }
+        let s3 = run(
+            dir.path(),
+            &Filter {
+                bucket: Some("buk-raw".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s3[0].completion.as_ref().unwrap()["status"], 403);
     }
 
     #[test]
