@@ -1,8 +1,6 @@
 //! The admin listener: liveness and readiness for orchestrators and load balancers.
 //! It never serves workspace traffic and never shows configuration or secrets.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -12,21 +10,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::proxy::server::CurrentGateway;
 use crate::proxy::Gateway;
 
 pub async fn serve(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    current: CurrentGateway,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let gateway = gateway.clone();
+                let current = current.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let gateway = gateway.clone();
+                        let gateway = current.load_full();
                         async move { Ok::<_, std::convert::Infallible>(route(&gateway, &req)) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -383,14 +383,79 @@ fn audit_lineage_answers_who_touched_an_asset_and_what_a_principal_touched() {
 
     let (code, out, _) = gatehouse(&["audit", "lineage", audit, "--asset", "dbfs:/tmp/"]);
     assert_eq!(code, 0);
-    assert!(
-        out.lines().next().unwrap().starts_with("asset"),
-        "{out}"
-    );
+    assert!(out.lines().next().unwrap().starts_with("asset"), "{out}");
     let (code, _, err) = gatehouse(&["audit", "lineage", audit]);
     assert_ne!(code, 0);
     assert!(
         err.contains("--asset") || err.contains("--principal"),
         "{err}"
     );
+}
+
+/// Sends `signal` (by name, e.g. "HUP") to a process with the system's `kill`.
+#[cfg(unix)]
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_reloads_on_sighup_and_records_every_attempt_and_the_stop() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = gatehouse::testing::Fixture::create(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &gatehouse::testing::FixtureOptions::default(),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["serve", "--config", fixture.config_path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    assert!(
+        listening.starts_with("gatehouse listening data="),
+        "{listening}"
+    );
+    let reloads = || -> Vec<serde_json::Value> {
+        gatehouse::testing::read_trail(&fixture.audit_dir)
+            .into_iter()
+            .filter(|r| r["phase"] == "config" && r["event"] == "reload")
+            .collect()
+    };
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while reloads().len() < n {
+            assert!(std::time::Instant::now() < deadline, "no reload record");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        reloads()
+    };
+
+    send_signal(child.id(), "HUP");
+    assert_eq!(wait_for(1)[0]["outcome"], "applied");
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    std::fs::write(&fixture.config_path, text.replace("[policy]", "[polcy]")).unwrap();
+    send_signal(child.id(), "HUP");
+    let after = wait_for(2);
+    assert_eq!(after[1]["outcome"], "refused");
+    assert!(
+        after[1]["errors"].to_string().contains("polcy"),
+        "{}",
+        after[1]
+    );
+
+    send_signal(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let trail = gatehouse::testing::read_trail(&fixture.audit_dir);
+    assert_eq!(trail.last().unwrap()["phase"], "stop");
 }

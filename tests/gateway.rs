@@ -863,3 +863,98 @@ async fn the_configuration_in_force_is_a_record_in_the_chain() {
         .unwrap()
         .contains(&"prod-analytics".into()));
 }
+
+#[tokio::test]
+async fn a_reload_swaps_the_rules_for_the_next_request_and_every_attempt_is_recorded() {
+    use sha2::Digest;
+    let h = Harness::start().await;
+    let alice = h.alice();
+    let path = &h.fixture.config_path;
+    let original = std::fs::read_to_string(path).unwrap();
+    assert_eq!(
+        h.get("/api/2.1/clusters/list", &alice).await.status,
+        StatusCode::OK
+    );
+
+    // A slow request in flight when the rules change finishes on the rules it started with.
+    let slow = {
+        let alice = alice.clone();
+        let ca = h.fixture.ca_cert.clone();
+        let url = h.url(ANALYTICS_HOST, "/static/slow?ms=1500");
+        tokio::spawn(async move {
+            let client = gatehouse::testing::local_client(&ca, false).unwrap();
+            let req = http::Request::get(url)
+                .header("authorization", format!("Bearer {alice}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            client.request(req).await.unwrap().status()
+        })
+    };
+    while !h
+        .standin
+        .seen()
+        .iter()
+        .any(|r| r.path.starts_with("/static/slow"))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The data scientists' group is denied from now on.
+    let stricter = original.replace(
+        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
+        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
+    );
+    assert_ne!(stricter, original);
+    std::fs::write(path, &stricter).unwrap();
+    let outcome = h.running().reload();
+    assert!(outcome.applied, "{outcome:?}");
+    assert!(outcome.needs_restart.is_empty(), "{outcome:?}");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let r = h.get("/api/2.1/clusters/list", &alice).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["details"][0]["reason"], "principal.denied_group");
+
+    // A broken file changes nothing and says why, naming each key.
+    std::fs::write(path, format!("{stricter}\n[bogus]\nx = 1\n")).unwrap();
+    let refused = h.running().reload();
+    assert!(!refused.applied);
+    assert!(
+        refused.errors.iter().any(|e| e.contains("bogus")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        h.get("/api/2.1/clusters/list", &alice).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Listeners are bound at start: a new address is named as needing a restart.
+    let moved = original.replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"127.0.0.1:1\"");
+    assert_ne!(moved, original);
+    std::fs::write(path, &moved).unwrap();
+    let back = h.running().reload();
+    assert!(
+        back.applied && back.needs_restart == ["server.listen"],
+        "{back:?}"
+    );
+    assert_eq!(
+        h.get("/api/2.1/clusters/list", &alice).await.status,
+        StatusCode::OK
+    );
+
+    let reloads: Vec<serde_json::Value> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "config" && r["event"] == "reload")
+        .collect();
+    assert_eq!(reloads.len(), 3);
+    assert_eq!(reloads[0]["outcome"], "applied");
+    assert_eq!(
+        reloads[0]["sha256"],
+        hex::encode(sha2::Sha256::digest(stricter.as_bytes()))
+    );
+    assert_eq!(reloads[1]["outcome"], "refused");
+    assert!(reloads[1]["errors"][0].as_str().unwrap().contains("bogus"));
+    // A refused reload records the configuration that stays in force.
+    assert_eq!(reloads[1]["sha256"], reloads[0]["sha256"]);
+    assert_eq!(reloads[2]["needs_restart"][0], "server.listen");
+}

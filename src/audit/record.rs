@@ -271,7 +271,12 @@ impl DecisionRecord<'_> {
 /// A `config` record: which configuration the gateway runs on, in the same chain as the
 /// requests it governs. `event` is `load` (at start) or `reload`; `errors` lists why a reload
 /// was refused (the running configuration stays).
-pub fn config_event(config: &crate::config::Config, event: &str, errors: &[String]) -> Vec<u8> {
+pub fn config_event(
+    config: &crate::config::Config,
+    event: &str,
+    errors: &[String],
+    needs_restart: &[&str],
+) -> Vec<u8> {
     serde_json::json!({
         "ts": timestamp(SystemTime::now()),
         "gateway": config.server.gateway_id,
@@ -279,6 +284,7 @@ pub fn config_event(config: &crate::config::Config, event: &str, errors: &[Strin
         "event": event,
         "outcome": if errors.is_empty() { "applied" } else { "refused" },
         "errors": errors,
+        "needs_restart": needs_restart,
         "source": config.source.display().to_string(),
         "sha256": config.sha256,
         "workspaces": config.workspaces.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,15 +20,22 @@ use tokio_rustls::TlsAcceptor;
 use super::framing::Watched;
 use super::{handle, ConnInfo, Gateway, Stopping};
 use crate::audit::{AuditSink, AuditWriterHandle};
-use crate::config::Config;
+use crate::config::{Config, JwksSource};
 use crate::identity::KeyStore;
 
-/// A started gateway: its bound addresses and the means to stop it.
+/// The gateway each new request gets. A reload swaps it; a request keeps the one it started
+/// with to its end (an upgraded WebSocket for its whole life), so nothing in flight changes
+/// rules midway, while the next request on a kept-alive connection already gets the new ones.
+pub type CurrentGateway = Arc<ArcSwap<Gateway>>;
+
+/// A started gateway: its bound addresses and the means to reload and stop it.
 pub struct Running {
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub tls: bool,
-    pub gateway: Arc<Gateway>,
+    current: CurrentGateway,
+    /// The configuration in force and what a reload reuses; held only while reloading.
+    reloadable: std::sync::Mutex<Reloadable>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -45,7 +54,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("audit.dir: {e}"))?;
     // The configuration in force follows the start record in the chain, ahead of any request.
     audit
-        .record_event(crate::audit::config_event(config, "load", &[]))
+        .record_event(crate::audit::config_event(config, "load", &[], &[]))
         .map_err(|e| format!("audit.dir: {e}"))?;
     start_with(config, keys, audit, audit_writer, background).await
 }
@@ -59,7 +68,13 @@ async fn start_with(
 ) -> Result<Running, String> {
     let (shutdown, rx) = watch::channel(false);
     let stopping = Stopping::new(rx.clone(), config.server.shutdown_grace);
-    let gateway = Arc::new(Gateway::new(config, keys, audit, stopping)?);
+    let gateway = Arc::new(Gateway::new(
+        config,
+        keys.clone(),
+        audit.clone(),
+        stopping.clone(),
+    )?);
+    let current: CurrentGateway = Arc::new(ArcSwap::new(gateway));
     let tls = match &config.server.tls {
         Some(files) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(
             &files.cert,
@@ -85,18 +100,24 @@ async fn start_with(
     let tasks = vec![
         tokio::spawn(data_loop(
             data,
-            gateway.clone(),
+            current.clone(),
             tls.clone(),
             settings.clone(),
             rx.clone(),
         )),
-        tokio::spawn(crate::admin::serve(admin, gateway.clone(), rx)),
+        tokio::spawn(crate::admin::serve(admin, current.clone(), rx)),
     ];
     Ok(Running {
         data_addr,
         admin_addr,
         tls: tls.is_some(),
-        gateway,
+        current,
+        reloadable: std::sync::Mutex::new(Reloadable {
+            config: config.clone(),
+            keys,
+            audit,
+            stopping,
+        }),
         shutdown,
         tasks,
         background,
@@ -105,7 +126,125 @@ async fn start_with(
     })
 }
 
+/// What a reload keeps: the trail and the stop signal are the process's, not the
+/// configuration's; the key store is kept while its source is unchanged and refreshed.
+struct Reloadable {
+    config: Config,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditSink>,
+    stopping: Stopping,
+}
+
+/// What a reload did. Every attempt is also a `config` record in the trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub applied: bool,
+    /// Why the file was refused (the running configuration stays), each naming its key.
+    pub errors: Vec<String>,
+    /// Keys that changed but only take effect at the next start.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The keys whose values are bound at start (listeners, TLS, the trail) and differ.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.server, &new.server);
+    let tls =
+        |s: &crate::config::ServerConfig| s.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone()));
+    let checks = [
+        ("server.listen", a.listen != b.listen),
+        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        ("server.tls_cert/tls_key", tls(a) != tls(b)),
+        ("server.client_ca", a.client_ca != b.client_ca),
+        ("server.gateway_id", a.gateway_id != b.gateway_id),
+        (
+            "server.header_read_timeout_ms",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        ("server.idle_timeout_ms", a.idle_timeout != b.idle_timeout),
+        (
+            "server.shutdown_grace_ms",
+            a.shutdown_grace != b.shutdown_grace,
+        ),
+        (
+            "audit",
+            format!("{:?}", old.audit) != format!("{:?}", new.audit),
+        ),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| k)
+        .collect()
+}
+
 impl Running {
+    /// The gateway new connections get now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Reads the configuration file again and, if it is valid, swaps a gateway built from it
+    /// in for new connections. An invalid file changes nothing and every error is reported.
+    /// JWKS files are read again (key rotation); a JWKS URL store is kept while the URL is.
+    pub fn reload(&self) -> ReloadOutcome {
+        let mut state = self.reloadable.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = match Config::load(&state.config.source) {
+            Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
+            Ok(new) => {
+                let keys = match (&state.config.identity.jwks, &new.identity.jwks) {
+                    (old @ JwksSource::Url { .. }, now) if old == now => Ok(state.keys.clone()),
+                    (_, now) => KeyStore::from_source(now),
+                };
+                keys.and_then(|keys| {
+                    let gateway = Gateway::new(
+                        &new,
+                        keys.clone(),
+                        state.audit.clone(),
+                        state.stopping.clone(),
+                    )?;
+                    Ok((new, keys, gateway))
+                })
+                .map_err(|e| vec![e])
+            }
+        };
+        let (outcome, record) = match outcome {
+            Ok((new, keys, gateway)) => {
+                if !Arc::ptr_eq(&keys, &state.keys) {
+                    // A fresh store refreshes itself for as long as the process runs.
+                    tokio::spawn(keys.clone().run_refresh());
+                }
+                let needs_restart = needs_restart(&state.config, &new);
+                self.current.store(Arc::new(gateway));
+                let record = crate::audit::config_event(&new, "reload", &[], &needs_restart);
+                state.config = new;
+                state.keys = keys;
+                (
+                    ReloadOutcome {
+                        applied: true,
+                        errors: vec![],
+                        needs_restart,
+                    },
+                    record,
+                )
+            }
+            Err(errors) => {
+                let record = crate::audit::config_event(&state.config, "reload", &errors, &[]);
+                (
+                    ReloadOutcome {
+                        applied: false,
+                        errors,
+                        needs_restart: vec![],
+                    },
+                    record,
+                )
+            }
+        };
+        if state.audit.record_event(record).is_err() {
+            tracing::error!("the audit trail did not take the reload record");
+        }
+        outcome
+    }
+
     /// Stops accepting, waits for in-flight requests (up to the grace period), then flushes
     /// and closes the audit trail.
     pub async fn shutdown(mut self) {
@@ -154,7 +293,7 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
 
 async fn data_loop(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    current: CurrentGateway,
     tls: Option<TlsAcceptor>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
@@ -178,7 +317,7 @@ async fn data_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
-                let gateway = gateway.clone();
+                let current = current.clone();
                 let tls = tls.clone();
                 let builder = builder.clone();
                 let handshake_timeout = settings.header_read_timeout;
@@ -187,7 +326,7 @@ async fn data_loop(
                         None => {
                             let conn = Arc::new(ConnInfo::new(peer, false, None));
                             let io = Watched::new(stream, conn.framing.clone());
-                            let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
+                            let svc = service_fn(move |req| handle(current.load_full(), conn.clone(), req));
                             let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                             let _ = watcher.watch(c.into_owned()).await;
                         }
@@ -207,7 +346,7 @@ async fn data_loop(
                             let conn = Arc::new(info);
                             // An h2 connection opens with its preface, which switches the watch off.
                             let io = Watched::new(tls_stream, conn.framing.clone());
-                            let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
+                            let svc = service_fn(move |req| handle(current.load_full(), conn.clone(), req));
                             let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
                             let _ = watcher.watch(c.into_owned()).await;
                         }
@@ -230,7 +369,7 @@ async fn data_loop(
     while connections.join_next().await.is_some() {}
 }
 
-/// Runs `serve` until SIGTERM or SIGINT.
+/// Runs `serve` until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn serve_until_signal(config: &Config) -> Result<(), String> {
     let running = start(config).await?;
     println!(
@@ -239,31 +378,61 @@ pub async fn serve_until_signal(config: &Config) -> Result<(), String> {
     );
     println!("gatehouse listening admin={}", running.admin_addr);
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, tls = running.tls, "gatehouse started");
-    wait_for_signal().await;
+    let mut signals = Signals::new();
+    while let Signal::Reload = signals.next().await {
+        let outcome = running.reload();
+        if outcome.applied {
+            tracing::info!(needs_restart = ?outcome.needs_restart, "configuration reloaded");
+        } else {
+            tracing::error!(errors = ?outcome.errors, "configuration reload refused; the running configuration stays");
+        }
+    }
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM and SIGINT stop; SIGHUP reloads. Elsewhere, Ctrl-C stops.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    unix: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(t), Ok(i), Ok(h)) => Some([t, i, h]),
+                _ => None,
+            };
+            Signals { unix }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some([term, int, hup]) = &mut self.unix {
+            return tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }
