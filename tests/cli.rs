@@ -304,23 +304,31 @@ fn audit_verify_accepts_the_demo_trail_and_names_the_first_tampered_record() {
     assert_eq!(code, 1, "{err}");
 }
 
-#[test]
-fn audit_query_finds_decisions_joined_with_their_completions() {
+/// Runs the demo in a fresh directory; returns it (kept alive) and the demo's trail directory.
+fn demo_trail() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let audit = demo.join("audit");
+    (dir, demo.join("audit"))
+}
+
+/// `gatehouse audit <command> <trail> --json <args>`, its output parsed line by line.
+fn json_lines(command: &str, trail: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["audit", command, trail, "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = gatehouse(&all);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn audit_query_finds_decisions_joined_with_their_completions() {
+    let (_dir, audit) = demo_trail();
     let audit = audit.to_str().unwrap();
-    let json = |args: &[&str]| -> Vec<serde_json::Value> {
-        let mut all = vec!["audit", "query", audit, "--json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = gatehouse(&all);
-        assert_eq!(code, 0, "{err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let json = |args: &[&str]| json_lines("query", audit, args);
     let all = json(&[]);
     let denies = json(&["--decision", "deny"]);
     assert!(!denies.is_empty() && denies.len() < all.len());
@@ -347,21 +355,9 @@ fn audit_query_finds_decisions_joined_with_their_completions() {
 
 #[test]
 fn audit_lineage_answers_who_touched_an_asset_and_what_a_principal_touched() {
-    let dir = tempfile::tempdir().unwrap();
-    let demo = dir.path().join("demo");
-    let (code, out, err) = gatehouse(&["demo", "--dir", demo.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let audit = demo.join("audit");
+    let (_dir, audit) = demo_trail();
     let audit = audit.to_str().unwrap();
-    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
-        let mut all = vec!["audit", "lineage", audit, "--json"];
-        all.extend_from_slice(args);
-        let (code, out, err) = gatehouse(&all);
-        assert_eq!(code, 0, "{err}");
-        out.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let rows = |args: &[&str]| json_lines("lineage", audit, args);
     // Both DBFS reads of the file (the plain one and the disguised one) were refused.
     let file = rows(&["--asset", "dbfs:/tmp/customers.csv"]);
     assert_eq!(file.len(), 1, "{file:?}");

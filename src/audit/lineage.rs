@@ -217,11 +217,12 @@ fn cell(v: &Value) -> String {
 
 /// Streams every segment of `dir` through a [`Lineage`].
 pub fn scan(dir: &std::path::Path, subject: Subject) -> Result<Vec<Row>, String> {
-    use super::query::{asset_needles, contains, string_member};
+    use super::query::{asset_needles, contains, string_member, verbatim};
     // Byte strings a relevant decision must contain; most lines are never parsed. A copy's
     // source is an asset too, so an asset prefix cannot narrow decisions down by bytes.
     let needles: Vec<Vec<u8>> = match &subject {
-        Subject::Principal(id) => vec![format!("\"{id}\"").into_bytes()],
+        Subject::Principal(id) if verbatim(id) => vec![format!("\"{id}\"").into_bytes()],
+        Subject::Principal(_) => Vec::new(),
         Subject::Asset(prefix) if prefix.starts_with("s3://") => Vec::new(),
         Subject::Asset(prefix) => asset_needles(prefix),
     };

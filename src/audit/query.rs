@@ -202,7 +202,7 @@ pub fn for_each_line(dir: &Path, mut f: impl FnMut(&[u8])) -> Result<(), String>
 }
 
 /// Whether JSON writes `value` as is (nothing to escape), so it can be searched for in bytes.
-fn verbatim(value: &str) -> bool {
+pub(super) fn verbatim(value: &str) -> bool {
     !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
 }
 

@@ -99,3 +99,16 @@ def principal(request: pytest.FixtureRequest) -> str:
     """A subject unique to this test, so its audit records can be told apart."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
     return f"{name[:60]}@bank.example"
+
+
+@pytest.fixture
+def sdk_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, certs: Path) -> Path:
+    """The SDK reads its configuration from the process environment and ~/.databrickscfg:
+    scrub both so a developer's own setup cannot steer it, and trust the dev CA."""
+    env = harness.client_env(tmp_path / "home", certs / "ca.crt")
+    for k in list(os.environ):
+        if k not in env:
+            monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return tmp_path / "home"

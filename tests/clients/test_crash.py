@@ -59,18 +59,6 @@ HTTP_TIMEOUT_S = 10
 DENIED_PATH = "/api/2.0/dbfs/read"
 
 
-@pytest.fixture
-def sdk_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, certs: Path) -> Path:
-    """As in test_sdk.py: scrub the environment the SDK reads and trust the dev CA."""
-    env = harness.client_env(tmp_path / "home", certs / "ca.crt")
-    for k in list(os.environ):
-        if k not in env:
-            monkeypatch.delenv(k, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return tmp_path / "home"
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading the trail as the crash left it
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ the denials meaningful: the stand-in would have answered them.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -40,19 +39,6 @@ A_RUN_OUTPUT = "jobs.runs.get_output"
 # Inspected requests are named after what their body asks for.
 A_SQL_EXTERNAL_LINKS = "sql.statements.external_links"
 A_COMMAND_FS = "commands.execute_fs"
-
-
-@pytest.fixture
-def sdk_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, certs: Path) -> Path:
-    """The SDK reads its configuration from the process environment and ~/.databrickscfg:
-    scrub both so a developer's own setup cannot steer it, and trust the dev CA."""
-    env = harness.client_env(tmp_path / "home", certs / "ca.crt")
-    for k in list(os.environ):
-        if k not in env:
-            monkeypatch.delenv(k, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return tmp_path / "home"
 
 
 @pytest.fixture
