@@ -845,6 +845,12 @@ async fn the_configuration_in_force_is_a_record_in_the_chain() {
     use sha2::Digest;
     let h = Harness::start().await;
     let text = std::fs::read(&h.fixture.config_path).unwrap();
+    // Queued ahead of any request at start; written with the writer's next batch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.trail().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no config record");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let trail = h.trail();
     let phases: Vec<&str> = trail
         .iter()

@@ -83,6 +83,7 @@ impl AuditSink {
             Some(path) => Some(Signer::load(path).map_err(AuditError::Open)?),
             None => None,
         };
+        let lock = lock_trail(&config.dir, gateway_id)?;
         let opened = open_trail(&config.dir, gateway_id, signer.as_ref())?;
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let state = Arc::new(SharedState {
@@ -105,6 +106,7 @@ impl AuditSink {
             state: state.clone(),
             buf: Vec::with_capacity(64 * 1024),
             owed: Vec::new(),
+            _lock: lock,
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".to_owned())
@@ -184,6 +186,21 @@ impl AuditSink {
 
     pub fn dropped_completions(&self) -> u64 {
         self.state.dropped_completions.load(Ordering::Relaxed)
+    }
+}
+
+/// Two processes appending to one chain would fork it: the second to start is refused.
+/// The lock is the kernel's and dies with the process, so a crash leaves nothing to clean up.
+fn lock_trail(dir: &Path, gateway: &str) -> Result<File, AuditError> {
+    let path = dir.join(format!("{gateway}.lock"));
+    let file = open_rw(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Open(format!(
+            "{}: another gateway process is writing the trail of {gateway:?} in this directory; give each gateway its own gateway_id",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(AuditError::Open(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -480,6 +497,8 @@ struct Writer {
     buf: Vec<u8>,
     /// Records without an ack whose write failed, in order.
     owed: Vec<Vec<u8>>,
+    /// Held for the writer's life: one writer per gateway id and directory.
+    _lock: File,
 }
 
 const MAX_BATCH: usize = 1024;
@@ -924,6 +943,24 @@ mod tests {
         assert_eq!(records.len(), 6);
         assert_eq!(records[4]["b"], 2);
         assert_eq!(verify(dir.path()), 6);
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_for_the_same_trail_is_refused_until_the_first_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Durability::Group);
+        let (sink, handle) = AuditSink::open(&cfg, "gw").unwrap();
+        let err = AuditSink::open(&cfg, "gw").err();
+        assert!(
+            matches!(&err, Some(AuditError::Open(m)) if m.contains("another gateway process")),
+            "{err:?}"
+        );
+        // Another gateway id shares the directory without trouble.
+        let (other, other_handle) = AuditSink::open(&cfg, "gw-2").unwrap();
+        close(other, other_handle).await;
+        close(sink, handle).await;
+        let (sink, handle) = AuditSink::open(&cfg, "gw").unwrap();
+        close(sink, handle).await;
     }
 
     #[test]
