@@ -11,6 +11,7 @@ pub mod classify;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod exceptions;
 pub mod explain;
 pub mod identity;
 pub mod policy;

@@ -78,10 +78,13 @@ pub struct WorkspacePolicy {
 
 /// Time-boxed exceptions approved by CDAO approvers. The live set is a snapshot handed in by
 /// the caller, so looking one up is still pure.
+pub use crate::exceptions::model::Kind as ExceptionKind;
+
 pub trait Exceptions {
-    /// The id of an approved, unexpired exception covering this request, if any.
+    /// The id of an approved, unexpired exception of `kind` covering this request, if any.
     fn covering(
         &self,
+        kind: ExceptionKind,
         principal: &Principal,
         workspace: &str,
         action: &Action,
@@ -93,7 +96,14 @@ pub trait Exceptions {
 pub struct NoExceptions;
 
 impl Exceptions for NoExceptions {
-    fn covering(&self, _: &Principal, _: &str, _: &Action, _: Option<&Asset>) -> Option<String> {
+    fn covering(
+        &self,
+        _: ExceptionKind,
+        _: &Principal,
+        _: &str,
+        _: &Action,
+        _: Option<&Asset>,
+    ) -> Option<String> {
         None
     }
 }
@@ -165,38 +175,20 @@ fn decide_enforced(
             "downstream tenant identities consume published data products through the central catalog only; they have no direct workspace access",
         );
     }
+    // A person may be granted time-boxed access beyond the workspace's mode; the download and
+    // credential blocks below still apply to them.
+    let mut granted = None;
     if principal.kind == PrincipalKind::User {
-        match workspace.humans {
-            HumansMode::Allow => {}
-            HumansMode::Deny => {
-                return Decision::deny(
-                    "workspace.humans_denied",
-                    format!(
-                        "people may not use workspace {}: only service principals act there",
-                        workspace.name
-                    ),
-                )
-            }
-            HumansMode::ConfigOnly => {
-                if !principal.in_any_group(&workspace.human_groups) {
-                    return Decision::deny(
-                        "workspace.config_only",
-                        format!(
-                            "in workspace {} people may only change serving-endpoint configuration, and only members of {}",
-                            workspace.name,
-                            workspace.human_groups.join(", ")
-                        ),
-                    );
-                }
-                if !is_serving_configuration(action) {
-                    return Decision::deny(
-                        "workspace.config_only",
-                        format!(
-                            "in workspace {} people may only change or read serving-endpoint configuration (throttling, canary, traffic splits); {} is not that",
-                            workspace.name, action.name
-                        ),
-                    );
-                }
+        if let Some(denied) = humans_rule(principal, workspace, action) {
+            match exceptions.covering(
+                ExceptionKind::WorkspaceAccess,
+                principal,
+                &workspace.name,
+                action,
+                asset,
+            ) {
+                Some(id) => granted = Some((denied.rule, id)),
+                None => return denied,
             }
         }
     }
@@ -212,13 +204,14 @@ fn decide_enforced(
         _ => None,
     };
     if let Some((rule, why)) = blocked {
-        if let Some(id) = exceptions.covering(principal, &workspace.name, action, asset) {
-            return Decision {
-                effect: Effect::Allow,
-                rule: "exception.approved",
-                reason: Cow::Owned(format!("{rule} lifted by approved exception {id}")),
-                exception: Some(id),
-            };
+        if let Some(id) = exceptions.covering(
+            ExceptionKind::Download,
+            principal,
+            &workspace.name,
+            action,
+            asset,
+        ) {
+            return lifted(rule, id);
         }
         let what = match asset {
             Some(a) => format!("{} of {}", action.name, a.path),
@@ -241,7 +234,56 @@ fn decide_enforced(
             ),
         };
     }
-    Decision::allow("default.allow", "allowed by the platform's rules")
+    match granted {
+        Some((rule, id)) => lifted(rule, id),
+        None => Decision::allow("default.allow", "allowed by the platform's rules"),
+    }
+}
+
+/// An allow that names the rule an approved exception lifted, and the exception.
+pub(crate) fn lifted(rule: &str, id: String) -> Decision {
+    Decision {
+        effect: Effect::Allow,
+        rule: "exception.approved",
+        reason: Cow::Owned(format!("{rule} lifted by approved exception {id}")),
+        exception: Some(id),
+    }
+}
+
+/// The workspace's rule for people (`humans`): the denial, if this action is not theirs.
+fn humans_rule(
+    principal: &Principal,
+    workspace: &WorkspacePolicy,
+    action: &Action,
+) -> Option<Decision> {
+    match workspace.humans {
+        HumansMode::Allow => None,
+        HumansMode::Deny => Some(Decision::deny(
+            "workspace.humans_denied",
+            format!(
+                "people may not use workspace {}: only service principals act there",
+                workspace.name
+            ),
+        )),
+        HumansMode::ConfigOnly if !principal.in_any_group(&workspace.human_groups) => {
+            Some(Decision::deny(
+                "workspace.config_only",
+                format!(
+                    "in workspace {} people may only change serving-endpoint configuration, and only members of {}",
+                    workspace.name,
+                    workspace.human_groups.join(", ")
+                ),
+            ))
+        }
+        HumansMode::ConfigOnly if !is_serving_configuration(action) => Some(Decision::deny(
+            "workspace.config_only",
+            format!(
+                "in workspace {} people may only change or read serving-endpoint configuration (throttling, canary, traffic splits); {} is not that",
+                workspace.name, action.name
+            ),
+        )),
+        HumansMode::ConfigOnly => None,
+    }
 }
 
 /// Serving-endpoint configuration changes and their reads: all that people may do under

@@ -140,13 +140,14 @@ fn decide_bucket(
                 AssetKind::S3,
                 format!("s3://{bucket}/{}", req.key.unwrap_or("")),
             );
-            match exceptions.covering(principal, workspace.unwrap_or("-"), req.action, Some(&asset)) {
-                Some(id) => Decision {
-                    effect: Effect::Allow,
-                    rule: "exception.approved",
-                    reason: Cow::Owned(format!("buckets.raw_blocked lifted by approved exception {id}")),
-                    exception: Some(id),
-                },
+            match exceptions.covering(
+                super::ExceptionKind::RawBucket,
+                principal,
+                workspace.unwrap_or("-"),
+                req.action,
+                Some(&asset),
+            ) {
+                Some(id) => super::lifted("buckets.raw_blocked", id),
                 None => deny(
                     "buckets.raw_blocked",
                     format!("raw bucket {bucket} is closed to everyone; read governed data through the catalog, or ask a CDAO approver for a time-boxed exception"),

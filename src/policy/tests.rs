@@ -117,12 +117,14 @@ struct OneException;
 impl Exceptions for OneException {
     fn covering(
         &self,
+        kind: super::ExceptionKind,
         p: &Principal,
         _: &str,
         a: &Action,
         asset: Option<&Asset>,
     ) -> Option<String> {
-        (p.id == "sp-aiml-prod"
+        (kind == super::ExceptionKind::Download
+            && p.id == "sp-aiml-prod"
             && a.name == "dbfs.read"
             && asset.is_some_and(|x| x.path == "dbfs:/ok"))
         .then(|| "exc-1".to_owned())
@@ -165,6 +167,59 @@ fn an_exception_lifts_only_what_it_covers() {
         &OneException,
     );
     assert_eq!(d.rule, "workspace.humans_denied");
+}
+
+/// A real index holding one workspace-access exception for alice in `w`: metadata only.
+fn alice_may_look_around_w() -> crate::exceptions::index::LiveIndex {
+    use crate::exceptions::model::{Exception, Scope, Status, Subject};
+    crate::exceptions::index::LiveIndex::build(
+        [Exception {
+            id: "exc-wa".into(),
+            subject: Subject::Principal("alice@bank.example".into()),
+            scope: Scope::WorkspaceAccess {
+                workspace: "w".into(),
+                categories: vec!["metadata".into()],
+            },
+            reason: "incident review".into(),
+            ticket: "INC-7".into(),
+            requester: "alice@bank.example".into(),
+            requested_at: 0,
+            duration_ms: 100,
+            required_approvals: 1,
+            approvals: vec![],
+            status: Status::Approved,
+            approved_at: Some(0),
+            expires_at: Some(100),
+            closed: None,
+        }],
+        0,
+    )
+}
+
+#[test]
+fn a_workspace_access_exception_lets_a_person_in_for_its_categories_only() {
+    let index = alice_may_look_around_w();
+    let r = rules();
+    let alice = person(&["data-scientists"]);
+    let at = |t, w: &WorkspacePolicy, a: &Action| {
+        let d = decide(&r, &alice, w, a, None, &index.at(t));
+        (d.effect, d.rule, d.exception)
+    };
+    for mode in [HumansMode::Deny, HumansMode::ConfigOnly] {
+        assert_eq!(
+            at(10, &ws(mode), &LIST),
+            (Effect::Allow, "exception.approved", Some("exc-wa".into()))
+        );
+        // Not beyond its categories, not past the download block, not after it lapses.
+        assert_eq!(at(10, &ws(mode), &CONFIG).0, Effect::Deny);
+        assert_eq!(at(10, &ws(mode), &READ).0, Effect::Deny);
+        assert_eq!(at(100, &ws(mode), &LIST).0, Effect::Deny);
+    }
+    let elsewhere = WorkspacePolicy {
+        name: "prod".into(),
+        ..ws(HumansMode::Deny)
+    };
+    assert_eq!(at(10, &elsewhere, &LIST).1, "workspace.humans_denied");
 }
 
 #[test]
