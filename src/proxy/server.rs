@@ -371,6 +371,8 @@ async fn data_loop(
 
 /// Runs `serve` until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 pub async fn serve_until_signal(config: &Config) -> Result<(), String> {
+    // Handlers first: a SIGHUP sent as soon as "listening" is printed must reload, not kill.
+    let mut signals = Signals::new();
     let running = start(config).await?;
     println!(
         "gatehouse listening data={} tls={}",
@@ -378,7 +380,6 @@ pub async fn serve_until_signal(config: &Config) -> Result<(), String> {
     );
     println!("gatehouse listening admin={}", running.admin_addr);
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, tls = running.tls, "gatehouse started");
-    let mut signals = Signals::new();
     while let Signal::Reload = signals.next().await {
         let outcome = running.reload();
         if outcome.applied {
