@@ -244,6 +244,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub s3: Option<S3Config>,
     pub buckets: Vec<BucketConfig>,
+    pub exceptions: Option<ExceptionsConfig>,
     pub later: LaterSections,
     /// Directory the file was read from: relative paths in it are resolved against the
     /// current directory, like every other tool, but we keep it for messages.
@@ -448,6 +449,30 @@ pub struct RawExceptions {
     #[serde(default)]
     pub approver_groups: Vec<String>,
     pub max_days: Option<u32>,
+    #[serde(default)]
+    pub required_approvals: RawRequiredApprovals,
+    pub refresh_secs: Option<u64>,
+}
+
+/// `[exceptions.required_approvals]`: approvals needed per kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRequiredApprovals {
+    pub raw_bucket: Option<u32>,
+    pub download: Option<u32>,
+    pub workspace_access: Option<u32>,
+}
+
+/// `[exceptions]`, validated: where exceptions live and who approves them.
+#[derive(Debug, Clone)]
+pub struct ExceptionsConfig {
+    /// `sqlite://PATH` or `postgres://…` (may hold a password: never log it whole).
+    pub store: String,
+    pub approver_groups: Vec<String>,
+    pub max_days: u32,
+    pub required: crate::exceptions::model::Required,
+    /// The safety net under change notifications: a full re-read this often.
+    pub refresh: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -556,7 +581,10 @@ impl Config {
                 }
             }
         }
-        check_later(&later, &mut errors);
+        let exceptions = later
+            .exceptions
+            .as_ref()
+            .and_then(|e| check_exceptions(e, &mut errors));
 
         match (server, identity, policy, audit) {
             (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {
@@ -568,6 +596,7 @@ impl Config {
                     audit,
                     s3,
                     buckets,
+                    exceptions,
                     later,
                     source: PathBuf::new(),
                     sha256: {
@@ -1064,12 +1093,54 @@ fn check_buckets(
     out
 }
 
-fn check_later(later: &LaterSections, errors: &mut Errors) {
-    if let Some(e) = &later.exceptions {
-        if !(e.store.starts_with("sqlite://") || e.store.starts_with("postgres://")) {
-            errors.push("exceptions.store", "must be a sqlite:// or postgres:// URL");
-        }
+fn check_exceptions(raw: &RawExceptions, errors: &mut Errors) -> Option<ExceptionsConfig> {
+    let before = errors.0.len();
+    if !(raw.store.starts_with("sqlite://")
+        || raw.store.starts_with("postgres://")
+        || raw.store.starts_with("postgresql://"))
+    {
+        errors.push("exceptions.store", "must be a sqlite:// or postgres:// URL");
     }
+    if raw.approver_groups.is_empty() {
+        errors.push(
+            "exceptions.approver_groups",
+            "name at least one group whose members approve exceptions",
+        );
+    }
+    let max_days = raw.max_days.unwrap_or(30);
+    if max_days == 0 {
+        errors.push("exceptions.max_days", "must be at least 1");
+    }
+    let defaults = crate::exceptions::model::Required::default();
+    let r = &raw.required_approvals;
+    let required = crate::exceptions::model::Required {
+        raw_bucket: r.raw_bucket.unwrap_or(defaults.raw_bucket),
+        download: r.download.unwrap_or(defaults.download),
+        workspace_access: r.workspace_access.unwrap_or(defaults.workspace_access),
+    };
+    if [
+        required.raw_bucket,
+        required.download,
+        required.workspace_access,
+    ]
+    .contains(&0)
+    {
+        errors.push(
+            "exceptions.required_approvals",
+            "every kind needs at least one approval",
+        );
+    }
+    let refresh = raw.refresh_secs.unwrap_or(30);
+    if refresh == 0 {
+        errors.push("exceptions.refresh_secs", "must be at least 1");
+    }
+    (errors.0.len() == before).then(|| ExceptionsConfig {
+        store: raw.store.clone(),
+        approver_groups: raw.approver_groups.clone(),
+        max_days,
+        required,
+        refresh: Duration::from_secs(refresh),
+    })
 }
 
 fn parse_addr(value: &str, key: &str, errors: &mut Errors) -> Option<SocketAddr> {

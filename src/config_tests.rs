@@ -134,3 +134,44 @@ fn host_patterns_are_lower_cased_and_checked() {
     assert_eq!(normalize_host_pattern("a/b"), None);
     assert_eq!(normalize_host_pattern(""), None);
 }
+
+#[test]
+fn exceptions_need_a_store_and_approvers_and_default_to_a_two_person_rule_for_raw_data() {
+    let jwks = jwks_file();
+    let with = |section: &str| {
+        Config::parse(&format!(
+            "{}\n{section}",
+            base(&jwks.path().display().to_string())
+        ))
+    };
+    let c = with(
+        "[exceptions]\nstore = \"sqlite://var/gatehouse.db\"\napprover_groups = [\"cdao-approvers\"]\n",
+    )
+    .unwrap();
+    let e = c.exceptions.unwrap();
+    assert_eq!(
+        (e.max_days, e.required.raw_bucket, e.required.download),
+        (30, 2, 1)
+    );
+    assert_eq!(e.refresh, Duration::from_secs(30));
+    let c = with(
+        "[exceptions]\nstore = \"postgres://gh@db/gh\"\napprover_groups = [\"a\"]\nmax_days = 7\n[exceptions.required_approvals]\ndownload = 2\n",
+    )
+    .unwrap();
+    assert_eq!(c.exceptions.unwrap().required.download, 2);
+    let errors = with("[exceptions]\nstore = \"mysql://x\"\nmax_days = 0\n[exceptions.required_approvals]\nraw-bucket = 0\n")
+        .unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "exceptions.store",
+        "exceptions.approver_groups",
+        "exceptions.max_days",
+        "exceptions.required_approvals",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    assert!(with(
+        "[exceptions]\nstore = \"sqlite://x\"\napprover_groups = [\"a\"]\nowner = \"me\"\n"
+    )
+    .is_err());
+}

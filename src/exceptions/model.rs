@@ -212,18 +212,39 @@ impl Exception {
 pub struct Limits {
     pub approver_groups: Vec<String>,
     pub max_days: u32,
-    /// Approvals needed per kind (default 1, and 2 for `raw-bucket`).
-    pub required: fn(Kind) -> u32,
+    pub required: Required,
     pub workspaces: Vec<String>,
     pub raw_buckets: Vec<String>,
     /// Actions a `download` exception may name: the catalog's download and credential actions.
     pub download_actions: Vec<String>,
 }
 
-pub fn default_required(kind: Kind) -> u32 {
-    match kind {
-        Kind::RawBucket => 2,
-        _ => 1,
+/// Approvals needed per kind: by default one, and two for `raw-bucket` (a two-person rule
+/// for the data the platform closes to everyone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Required {
+    pub raw_bucket: u32,
+    pub download: u32,
+    pub workspace_access: u32,
+}
+
+impl Default for Required {
+    fn default() -> Required {
+        Required {
+            raw_bucket: 2,
+            download: 1,
+            workspace_access: 1,
+        }
+    }
+}
+
+impl Required {
+    pub fn of(&self, kind: Kind) -> u32 {
+        match kind {
+            Kind::RawBucket => self.raw_bucket,
+            Kind::Download => self.download,
+            Kind::WorkspaceAccess => self.workspace_access,
+        }
     }
 }
 
@@ -298,7 +319,7 @@ pub fn request(
     check_scope(&new.scope, limits).map_err(|m| refuse(422, "SCOPE_TOO_BROAD", m))?;
     Ok(Exception {
         id,
-        required_approvals: (limits.required)(new.scope.kind()).max(1),
+        required_approvals: limits.required.of(new.scope.kind()).max(1),
         subject: new.subject,
         scope: new.scope,
         reason: new.reason.trim().to_owned(),

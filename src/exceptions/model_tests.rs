@@ -4,7 +4,7 @@ fn limits() -> Limits {
     Limits {
         approver_groups: vec!["cdao-approvers".into()],
         max_days: 30,
-        required: default_required,
+        required: Required::default(),
         workspaces: vec!["prod-analytics".into(), "prod-parallel".into()],
         raw_buckets: vec!["raw-bucket".into()],
         download_actions: vec!["dbfs.read".into(), "files.download".into()],
@@ -223,7 +223,7 @@ fn only_approvers_approve_nobody_their_own_and_each_counts_once() {
 #[test]
 fn expiry_needs_nobody_and_closed_exceptions_stay_closed() {
     let mut l = limits();
-    l.required = |_| 1;
+    l.required.raw_bucket = 1;
     let ex = request(
         raw_request(),
         &person("alice@bank.test", &[]),

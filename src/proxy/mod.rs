@@ -34,7 +34,7 @@ use crate::classify::body::{inspect, BodyVerdict};
 use crate::classify::{self, Action, Asset, BodyCheck, Classification, NormalizedPath};
 use crate::config::Config;
 use crate::identity::{IdentityError, KeyStore, Principal, Verifier};
-use crate::policy::{self, Decision, Effect, Exceptions, NoExceptions, RuleId, Rules};
+use crate::policy::{self, Decision, Effect, RuleId, Rules};
 use crate::route::{host_of, Route, RouteTable, Workspace};
 
 use body::{Completion, ContinueGate, CountingBody, GatedBody, ProxyBody, ResponseBody};
@@ -76,7 +76,7 @@ pub struct Gateway {
     upstream_timeout: Duration,
     /// How long a body that must be inspected may take to arrive.
     body_timeout: Duration,
-    exceptions: Box<dyn Exceptions + Send + Sync>,
+    exceptions: crate::exceptions::Live,
     request_ids: RequestIds,
     stopping: Stopping,
     s3: Option<S3Gateway>,
@@ -88,6 +88,7 @@ impl Gateway {
         keys: Arc<KeyStore>,
         audit: Arc<AuditSink>,
         stopping: Stopping,
+        exceptions: crate::exceptions::Live,
     ) -> Result<Gateway, String> {
         let mut clients = Vec::with_capacity(config.workspaces.len());
         for w in &config.workspaces {
@@ -142,7 +143,7 @@ impl Gateway {
             clients,
             upstream_timeout: config.server.upstream_timeout,
             body_timeout: config.server.header_read_timeout,
-            exceptions: Box::new(NoExceptions),
+            exceptions,
             request_ids: RequestIds::new(),
             stopping,
             s3,
@@ -516,7 +517,7 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
         &workspace.policy,
         &action,
         x.asset.as_ref(),
-        x.gw.exceptions.as_ref(),
+        &x.gw.exceptions.load().at(crate::exceptions::now_ms()),
     );
     if decision.effect == Effect::Deny {
         return x.refuse_with(Refusal::Forbidden, &decision).await;

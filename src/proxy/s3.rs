@@ -236,7 +236,7 @@ async fn decide_and_forward(
         workspace,
         &Buckets { list: &s3.buckets },
         &request,
-        x.gw.exceptions.as_ref(),
+        &x.gw.exceptions.load().at(crate::exceptions::now_ms()),
     );
     if decision.effect == Effect::Deny {
         return x.refuse_with(Refusal::Forbidden, &decision).await;

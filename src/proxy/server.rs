@@ -68,11 +68,13 @@ async fn start_with(
 ) -> Result<Running, String> {
     let (shutdown, rx) = watch::channel(false);
     let stopping = Stopping::new(rx.clone(), config.server.shutdown_grace);
+    let exceptions = crate::exceptions::no_exceptions();
     let gateway = Arc::new(Gateway::new(
         config,
         keys.clone(),
         audit.clone(),
         stopping.clone(),
+        exceptions.clone(),
     )?);
     let current: CurrentGateway = Arc::new(ArcSwap::new(gateway));
     let tls = match &config.server.tls {
@@ -117,6 +119,7 @@ async fn start_with(
             keys,
             audit,
             stopping,
+            exceptions,
         }),
         shutdown,
         tasks,
@@ -133,6 +136,7 @@ struct Reloadable {
     keys: Arc<KeyStore>,
     audit: Arc<AuditSink>,
     stopping: Stopping,
+    exceptions: crate::exceptions::Live,
 }
 
 /// What a reload did. Every attempt is also a `config` record in the trail.
@@ -201,6 +205,7 @@ impl Running {
                         keys.clone(),
                         state.audit.clone(),
                         state.stopping.clone(),
+                        state.exceptions.clone(),
                     )?;
                     Ok((new, keys, gateway))
                 })
