@@ -1143,6 +1143,15 @@ fn check_exceptions(raw: &RawExceptions, errors: &mut Errors) -> Option<Exceptio
     })
 }
 
+/// `45s`, `30m`, `4h`, `7d`: the durations operators and approvers type.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let units = [("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400)];
+    units.into_iter().find_map(|(suffix, secs)| {
+        let n = text.strip_suffix(suffix)?.parse::<u64>().ok()?;
+        Some(Duration::from_secs(n.checked_mul(secs)?))
+    })
+}
+
 fn parse_addr(value: &str, key: &str, errors: &mut Errors) -> Option<SocketAddr> {
     match value.parse() {
         Ok(a) => Some(a),

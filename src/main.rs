@@ -64,6 +64,21 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The CDAO workflow: request, approve, reject, revoke and list exceptions through the
+    /// admin API.
+    Exceptions {
+        /// The admin API, e.g. https://gatehouse.bank.example:9443
+        #[arg(long, env = "GATEHOUSE_ADMIN", global = true)]
+        admin: Option<String>,
+        /// Your OAuth access token (never printed).
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        /// A private CA to trust for the admin API's certificate.
+        #[arg(long, env = "GATEHOUSE_CACERT", global = true)]
+        cacert: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ExceptionsCommand,
+    },
     /// Start the gateway on the example configuration in front of a bundled stand-in
     /// workspace, send allowed and blocked requests, and show the audit trail.
     Demo {
@@ -73,6 +88,80 @@ enum Command {
         /// The example configuration the demo starts from.
         #[arg(long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExceptionsCommand {
+    /// Ask for an exception; prints its id alone on the last line.
+    Request {
+        /// raw-bucket | download | workspace-access
+        #[arg(long)]
+        kind: String,
+        /// A principal id, or group:NAME
+        #[arg(long)]
+        subject: String,
+        /// raw-bucket: the bucket
+        #[arg(long)]
+        bucket: Option<String>,
+        /// raw-bucket: key prefix; download: asset prefix (dbfs:/FileStore/approved/)
+        #[arg(long)]
+        prefix: Option<String>,
+        /// raw-bucket: read,list,write
+        #[arg(long)]
+        ops: Option<String>,
+        /// download, workspace-access: the workspace
+        #[arg(long)]
+        workspace: Option<String>,
+        /// download: actions, e.g. dbfs.read,files.download
+        #[arg(long)]
+        actions: Option<String>,
+        /// workspace-access: action categories, e.g. metadata,execute
+        #[arg(long)]
+        categories: Option<String>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        ticket: String,
+        /// 30s, 15m, 4h, 7d; counted from the final approval
+        #[arg(long)]
+        duration: String,
+    },
+    /// Approve a pending exception (not your own).
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a pending exception.
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Revoke a pending or approved exception, at once.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List exceptions, newest first.
+    List {
+        /// pending | approved | rejected | revoked | expired
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One exception with its history.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -367,11 +456,127 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Exceptions {
+            admin,
+            token,
+            cacert,
+            command,
+        } => {
+            let admin = admin.ok_or("no admin API: give --admin URL or set GATEHOUSE_ADMIN")?;
+            let client = gatehouse::exceptions::cli::AdminClient::new(
+                &admin,
+                token.as_deref().unwrap_or(""),
+                cacert.as_deref(),
+            )?;
+            runtime()?.block_on(exceptions_command(&client, command))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { dir, config } => {
             runtime()?.block_on(gatehouse::demo::run(&config, &dir))?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn exceptions_command(
+    client: &gatehouse::exceptions::cli::AdminClient,
+    command: ExceptionsCommand,
+) -> Result<(), String> {
+    use gatehouse::exceptions::cli::{describe, list_arg, table};
+    use http::Method;
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    match command {
+        ExceptionsCommand::Request {
+            kind,
+            subject,
+            bucket,
+            prefix,
+            ops,
+            workspace,
+            actions,
+            categories,
+            reason,
+            ticket,
+            duration,
+        } => {
+            let body = serde_json::json!({
+                "kind": kind, "subject": subject, "bucket": bucket, "prefix": prefix,
+                "ops": ops.as_deref().map(list_arg), "workspace": workspace,
+                "actions": actions.as_deref().map(list_arg),
+                "categories": categories.as_deref().map(list_arg),
+                "reason": reason, "ticket": ticket, "duration": duration,
+            });
+            let ex = client
+                .call(Method::POST, "/v1/exceptions", Some(&body))
+                .await?;
+            print!("{}", describe(&ex));
+            println!("{}", ex["id"].as_str().unwrap_or_default());
+        }
+        ExceptionsCommand::Approve { id, comment } => step(client, "approve", &id, comment).await?,
+        ExceptionsCommand::Reject { id, comment } => step(client, "reject", &id, comment).await?,
+        ExceptionsCommand::Revoke { id, comment } => step(client, "revoke", &id, comment).await?,
+        ExceptionsCommand::List {
+            status,
+            subject,
+            kind,
+            json,
+        } => {
+            let mut query = Vec::new();
+            for (name, value) in [("status", status), ("subject", subject), ("kind", kind)] {
+                if let Some(v) = value {
+                    query.push(format!("{name}={}", enc(&v)));
+                }
+            }
+            let path = if query.is_empty() {
+                "/v1/exceptions".to_owned()
+            } else {
+                format!("/v1/exceptions?{}", query.join("&"))
+            };
+            let answer = client.call(Method::GET, &path, None).await?;
+            let items = answer["exceptions"].as_array().cloned().unwrap_or_default();
+            if json {
+                for ex in &items {
+                    println!("{ex}");
+                }
+            } else {
+                print!("{}", table(&items));
+                eprintln!("{} exception(s)", items.len());
+            }
+        }
+        ExceptionsCommand::Show { id, json } => {
+            let ex = client
+                .call(Method::GET, &format!("/v1/exceptions/{}", enc(&id)), None)
+                .await?;
+            if json {
+                println!("{ex}");
+            } else {
+                print!("{}", describe(&ex));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// approve / reject / revoke: the exception as it stands afterwards.
+async fn step(
+    client: &gatehouse::exceptions::cli::AdminClient,
+    verb: &str,
+    id: &str,
+    comment: Option<String>,
+) -> Result<(), String> {
+    let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    let body = serde_json::json!({ "comment": comment });
+    let ex = client
+        .call(
+            http::Method::POST,
+            &format!("/v1/exceptions/{id}/{verb}"),
+            Some(&body),
+        )
+        .await?;
+    print!("{}", gatehouse::exceptions::cli::describe(&ex));
+    Ok(())
 }
 
 /// One line per gateway: what held, and what verification could not cover.

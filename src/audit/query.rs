@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::Value;
 
@@ -30,17 +30,9 @@ pub struct Filter {
 
 /// Turns `1h`, `30m`, `2d`, `45s` or an RFC 3339 UTC time into a bound comparable with `ts`.
 pub fn time_bound(text: &str, now: SystemTime) -> Result<String, String> {
-    let units = [("s", 1u64), ("m", 60), ("h", 3600), ("d", 86_400)];
-    for (suffix, secs) in units {
-        if let Some(n) = text
-            .strip_suffix(suffix)
-            .and_then(|n| n.parse::<u64>().ok())
-        {
-            let at = now
-                .checked_sub(Duration::from_secs(n.saturating_mul(secs)))
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            return Ok(super::timestamp(at));
-        }
+    if let Some(back) = crate::config::parse_duration(text) {
+        let at = now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH);
+        return Ok(super::timestamp(at));
     }
     let looks_rfc3339 = text.len() >= 20
         && text.as_bytes()[4] == b'-'
@@ -324,6 +316,7 @@ pub fn json_lines(hits: &[Hit]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn decision(principal: &str, effect: &str, ts: &str) -> Value {
         json!({"ts": ts, "phase": "decision", "exchange": principal, "principal": {"id": principal},

@@ -1,8 +1,11 @@
 //! Time-boxed exceptions that CDAO approvers grant: the model and workflow rules (pure), and
 //! the live index the policy consults on every request.
 
+pub mod cli;
 pub mod index;
 pub mod model;
+pub mod service;
+pub mod store;
 
 use std::sync::Arc;
 

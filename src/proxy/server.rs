@@ -77,12 +77,30 @@ async fn start_with(
         exceptions.clone(),
     )?);
     let current: CurrentGateway = Arc::new(ArcSwap::new(gateway));
-    let tls = match &config.server.tls {
-        Some(files) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(
+    let server_tls = match &config.server.tls {
+        Some(files) => Some(crate::tls::server_config(
             &files.cert,
             &files.key,
             config.server.client_ca.as_deref(),
-        )?))),
+        )?),
+        None => None,
+    };
+    let tls = server_tls.clone().map(|c| TlsAcceptor::from(Arc::new(c)));
+    // The admin listener speaks HTTP/1.1 only, with the same certificate.
+    let admin_tls = server_tls.map(|mut c| {
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsAcceptor::from(Arc::new(c))
+    });
+    let exceptions_service = match &config.exceptions {
+        Some(e) => Some(
+            crate::exceptions::service::Service::start(
+                config,
+                e,
+                exceptions.clone(),
+                audit.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let data = TcpListener::bind(config.server.listen)
@@ -107,7 +125,15 @@ async fn start_with(
             settings.clone(),
             rx.clone(),
         )),
-        tokio::spawn(crate::admin::serve(admin, current.clone(), rx)),
+        tokio::spawn(crate::admin::serve(
+            admin,
+            admin_tls,
+            crate::admin::Admin {
+                current: current.clone(),
+                exceptions: exceptions_service.clone(),
+            },
+            rx,
+        )),
     ];
     Ok(Running {
         data_addr,
@@ -120,6 +146,7 @@ async fn start_with(
             audit,
             stopping,
             exceptions,
+            exceptions_service,
         }),
         shutdown,
         tasks,
@@ -137,6 +164,7 @@ struct Reloadable {
     audit: Arc<AuditSink>,
     stopping: Stopping,
     exceptions: crate::exceptions::Live,
+    exceptions_service: Option<Arc<crate::exceptions::service::Service>>,
 }
 
 /// What a reload did. Every attempt is also a `config` record in the trail.
@@ -219,6 +247,9 @@ impl Running {
                     tokio::spawn(keys.clone().run_refresh());
                 }
                 let needs_restart = needs_restart(&state.config, &new);
+                if let (Some(service), Some(e)) = (&state.exceptions_service, &new.exceptions) {
+                    service.set_limits(crate::exceptions::service::limits(&new, e));
+                }
                 self.current.store(Arc::new(gateway));
                 let record = crate::audit::config_event(&new, "reload", &[], &needs_restart);
                 state.config = new;
@@ -383,7 +414,10 @@ pub async fn serve_until_signal(config: &Config) -> Result<(), String> {
         "gatehouse listening data={} tls={}",
         running.data_addr, running.tls
     );
-    println!("gatehouse listening admin={}", running.admin_addr);
+    println!(
+        "gatehouse listening admin={} tls={}",
+        running.admin_addr, running.tls
+    );
     tracing::info!(data = %running.data_addr, admin = %running.admin_addr, tls = running.tls, "gatehouse started");
     while let Signal::Reload = signals.next().await {
         let outcome = running.reload();

@@ -198,6 +198,7 @@ class Gateway:
         self.proc: Optional[subprocess.Popen] = None
         self.data_addr: Optional[str] = None
         self.admin_addr: Optional[str] = None
+        self.admin_tls: bool = False
         self.tls: Optional[bool] = None
         self.stdout_lines: List[str] = []
         self._reader: Optional[threading.Thread] = None
@@ -250,18 +251,35 @@ class Gateway:
                         self.tls = (m.group(3) or "").lower() == "true"
                     else:
                         self.admin_addr = m.group(2)
+                        self.admin_tls = (m.group(3) or "").lower() == "true"
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
 
+    def admin_ca(self) -> Optional[Path]:
+        """The CA that signed the gateway's certificate: `ca.crt` beside `tls_cert` (what
+        `gatehouse certs dev` writes)."""
+        import tomllib
+        cert = tomllib.loads(Path(self.config).read_text()).get("server", {}).get("tls_cert")
+        return Path(cert).parent / "ca.crt" if cert else None
+
+    def admin_url(self, path: str) -> str:
+        scheme = "https" if self.admin_tls else "http"
+        port = str(self.admin_addr).rsplit(":", 1)[1]
+        return f"{scheme}://localhost:{port}{path}"
+
     def _wait_ready(self, deadline: float) -> None:
-        url = f"http://{self.admin_addr}/readyz"
+        url = self.admin_url("/readyz")
+        context = None
+        if self.admin_tls:
+            import ssl
+            context = ssl.create_default_context(cafile=str(self.admin_ca()))
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise HarnessError(f"gateway exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
             try:
-                with _no_proxy_opener().open(url, timeout=2) as r:
+                with _no_proxy_opener(context).open(url, timeout=2) as r:
                     if r.status == 200:
                         return
                     last = f"HTTP {r.status}"
@@ -320,8 +338,12 @@ class Gateway:
         return read_audit(self.audit_dir)
 
 
-def _no_proxy_opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def _no_proxy_opener(context: Any = None) -> urllib.request.OpenerDirector:
+    """Straight to loopback, whatever proxy the environment names; `context` for TLS."""
+    handlers: List[Any] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
 
 
 def read_audit(audit_dir: Path) -> List[Dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +76,8 @@ impl Harness {
     }
 
     pub fn url(&self, host: &str, path: &str) -> String {
-        format!("https://{host}:{}{path}", self.port)
+        let scheme = if self.running().tls { "https" } else { "http" };
+        format!("{scheme}://{host}:{}{path}", self.port)
     }
 
     /// Sends one request through the gateway with a real HTTP client (HTTP/1.1 or h2).
@@ -130,17 +133,42 @@ impl Harness {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// A GET on the admin listener; the raw answer.
+    /// A GET on the admin listener (TLS when the gateway has a certificate): the status line
+    /// and the body.
     pub async fn admin_get(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(self.running().admin_addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        let (status, body) = self.admin(Method::GET, path, None, None).await;
+        format!(
+            "HTTP/1.1 {status}\r\n\r\n{}",
+            String::from_utf8_lossy(&body)
+        )
+    }
+
+    /// One request to the admin listener with a real client; the status and the body.
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, Bytes) {
+        let running = self.running();
+        let scheme = if running.tls { "https" } else { "http" };
+        let url = format!("{scheme}://localhost:{}{path}", running.admin_addr.port());
+        let client = local_client(&self.fixture.ca_cert, false).unwrap();
+        let mut req = Request::builder().method(method).uri(url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.request(req.body(Full::new(Bytes::from(body))).unwrap()),
         )
         .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
+        .expect("admin answered in time")
+        .expect("admin request went through");
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
     }
 
     pub fn trail(&self) -> Vec<serde_json::Value> {

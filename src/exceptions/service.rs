@@ -1,0 +1,294 @@
+//! The workflow at the edges: the pure steps of `model`, persisted in the store, recorded in
+//! the audit trail, and put in force by swapping the live index. The admin API calls this.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::index::LiveIndex;
+use super::model::{self, Actor, Exception, Kind, Limits, NewRequest, Refusal, Status};
+use super::store::{Store, StoreError};
+use super::{now_ms, Live};
+use crate::audit::AuditSink;
+use crate::config::{Config, ExceptionsConfig};
+
+/// Why an admin call failed, with the HTTP status the API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        ApiError {
+            status: r.status,
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "exception store failed");
+    ApiError {
+        status: 503,
+        code: "TEMPORARILY_UNAVAILABLE",
+        message: "the exception store cannot be reached; nothing was changed".into(),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError {
+        status: 404,
+        code: "NOT_FOUND",
+        message: format!("no exception {id}"),
+    }
+}
+
+/// What the configuration says the workflow may grant.
+pub fn limits(config: &Config, exceptions: &ExceptionsConfig) -> Limits {
+    Limits {
+        approver_groups: exceptions.approver_groups.clone(),
+        max_days: exceptions.max_days,
+        required: exceptions.required,
+        workspaces: config.workspaces.iter().map(|w| w.name.clone()).collect(),
+        raw_buckets: config
+            .buckets
+            .iter()
+            .filter(|b| b.class == crate::config::BucketClass::Raw)
+            .map(|b| b.name.clone())
+            .collect(),
+        download_actions: crate::classify::databricks::CATALOG
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.category,
+                    crate::classify::Category::Download | crate::classify::Category::Credentials
+                )
+            })
+            .map(|a| a.name.to_owned())
+            .collect(),
+    }
+}
+
+pub struct Service {
+    store: Store,
+    limits: ArcSwap<Limits>,
+    live: Live,
+    audit: Arc<AuditSink>,
+    gateway_id: String,
+}
+
+/// Attempts at a workflow step when another gateway changes the same exception meanwhile.
+const MAX_RACES: usize = 5;
+
+impl Service {
+    /// Opens the store (running its migrations), loads what is in force and keeps the live
+    /// index current: at once after a change here, on a notification of a change elsewhere,
+    /// and by a full re-read every `refresh` as the safety net.
+    pub async fn start(
+        config: &Config,
+        exceptions: &ExceptionsConfig,
+        live: Live,
+        audit: Arc<AuditSink>,
+    ) -> Result<Arc<Service>, String> {
+        let store = Store::connect_with(&exceptions.store, exceptions.refresh)
+            .await
+            .map_err(|e| format!("exceptions.store: {e}"))?;
+        let service = Arc::new(Service {
+            store,
+            limits: ArcSwap::from_pointee(limits(config, exceptions)),
+            live,
+            audit,
+            gateway_id: config.server.gateway_id.clone(),
+        });
+        service
+            .refresh()
+            .await
+            .map_err(|e| format!("exceptions.store: {e}"))?;
+        tokio::spawn(service.clone().keep_current(exceptions.refresh));
+        Ok(service)
+    }
+
+    /// A reload's new limits (approver groups, max_days, workspaces, buckets).
+    pub fn set_limits(&self, limits: Limits) {
+        self.limits.store(Arc::new(limits));
+    }
+
+    /// Rebuilds the live index from the store.
+    pub async fn refresh(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let in_force = self.store.in_force(now).await?;
+        let index = LiveIndex::build(in_force, now);
+        let n = index.len();
+        self.live.store(Arc::new(index));
+        Ok(n)
+    }
+
+    async fn keep_current(self: Arc<Self>, every: Duration) {
+        let mut changes = self.store.changes();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        // The store's listener is gone: the periodic re-read carries on alone.
+                        changes = self.store.changes();
+                        tick.tick().await;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::error!(error = %e, "cannot refresh exceptions from the store; the last index stays in force until they expire");
+            }
+            if Arc::strong_count(&self) == 1 {
+                return; // nobody else holds the service: the gateway stopped
+            }
+        }
+    }
+
+    pub async fn request(&self, actor: &Actor, new: NewRequest) -> Result<Exception, ApiError> {
+        let limits = self.limits.load();
+        let ex = model::request(new, actor, Store::new_id(), now_ms(), &limits)?;
+        self.store.insert(&ex).await.map_err(unavailable)?;
+        self.changed("request", actor, &ex).await;
+        Ok(ex)
+    }
+
+    pub async fn approve(
+        &self,
+        id: &str,
+        actor: &Actor,
+        comment: Option<String>,
+    ) -> Result<Exception, ApiError> {
+        self.step("approve", id, actor, |ex, limits| {
+            model::approve(ex, actor, comment.clone(), now_ms(), limits)
+        })
+        .await
+    }
+
+    pub async fn reject(
+        &self,
+        id: &str,
+        actor: &Actor,
+        comment: Option<String>,
+    ) -> Result<Exception, ApiError> {
+        self.step("reject", id, actor, |ex, limits| {
+            model::reject(ex, actor, comment.clone(), now_ms(), limits)
+        })
+        .await
+    }
+
+    pub async fn revoke(
+        &self,
+        id: &str,
+        actor: &Actor,
+        comment: Option<String>,
+    ) -> Result<Exception, ApiError> {
+        self.step("revoke", id, actor, |ex, limits| {
+            model::revoke(ex, actor, comment.clone(), now_ms(), limits)
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Exception, ApiError> {
+        match self.store.get(id).await.map_err(unavailable)? {
+            Some((ex, _)) => Ok(ex),
+            None => Err(not_found(id)),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        status: Option<Status>,
+        subject: Option<&str>,
+        kind: Option<Kind>,
+    ) -> Result<Vec<Exception>, ApiError> {
+        self.store
+            .list(status, subject, kind, now_ms(), 1000)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Reads, applies a pure step, writes if nobody changed it meanwhile; on a race, again.
+    async fn step(
+        &self,
+        event: &str,
+        id: &str,
+        actor: &Actor,
+        apply: impl Fn(Exception, &Limits) -> Result<Exception, Refusal>,
+    ) -> Result<Exception, ApiError> {
+        for _ in 0..MAX_RACES {
+            let (ex, version) = self
+                .store
+                .get(id)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(|| not_found(id))?;
+            let next = apply(ex, &self.limits.load())?;
+            match self.store.update(&next, version).await {
+                Ok(_) => {
+                    self.changed(event, actor, &next).await;
+                    return Ok(next);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(ApiError {
+            status: 409,
+            code: "CONFLICT",
+            message: format!("exception {id} kept changing; try again"),
+        })
+    }
+
+    /// After a stored change: the trail says who did what, and this gateway's index follows
+    /// at once (the others on the store's notification).
+    async fn changed(&self, event: &str, actor: &Actor, ex: &Exception) {
+        let record = record(&self.gateway_id, event, actor, ex);
+        if self.audit.record_durably(record.clone()).await.is_err() {
+            // Not lost: kept by the writer and written first once the trail works again.
+            let _ = self.audit.record_event(record);
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::error!(error = %e, "cannot refresh exceptions after a change");
+        }
+    }
+}
+
+/// The `exception` record: a workflow step, in the same chain as the requests it governs.
+fn record(gateway: &str, event: &str, actor: &Actor, ex: &Exception) -> Vec<u8> {
+    let now = now_ms();
+    serde_json::json!({
+        "ts": crate::audit::timestamp(std::time::SystemTime::now()),
+        "gateway": gateway,
+        "phase": "exception",
+        "event": event,
+        "actor": actor.id,
+        "exception": {
+            "id": ex.id,
+            "kind": ex.kind().as_str(),
+            "subject": ex.subject,
+            "scope": ex.scope,
+            "ticket": ex.ticket,
+            "reason": ex.reason,
+            "status": ex.status_at(now).as_str(),
+            "approvals": ex.approvals.len(),
+            "required_approvals": ex.required_approvals,
+            "expires_at": ex.expires_at.map(millis_rfc3339),
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn millis_rfc3339(ms: model::Millis) -> String {
+    crate::audit::timestamp(
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+    )
+}

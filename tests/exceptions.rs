@@ -1,0 +1,361 @@
+//! The CDAO workflow through the real gateway: the admin API, the store (SQLite), the live
+//! index and the data path together. What the stand-in receives shows what an exception let
+//! through, and nothing else.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::s3::{request, s3_harness_with, send, LAB_KEY};
+use common::Harness;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn exceptions_toml(dir: &str) -> String {
+    format!(
+        r#"
+[exceptions]
+store = "sqlite://{dir}/gatehouse.db"
+approver_groups = ["cdao-approvers"]
+max_days = 30
+"#
+    )
+}
+
+async fn with_exceptions() -> Harness {
+    let dir = tempfile::tempdir().unwrap().keep();
+    s3_harness_with(&exceptions_toml(&dir.display().to_string())).await
+}
+
+struct People {
+    alice: String,
+    carol: String,
+    erin: String,
+}
+
+fn people(h: &Harness) -> People {
+    People {
+        alice: h.token("alice@bank.example", "user", &["data-scientists"]),
+        carol: h.token("carol@bank.example", "user", &["cdao-approvers"]),
+        erin: h.token("erin@bank.example", "user", &["cdao-approvers"]),
+    }
+}
+
+async fn api(
+    h: &Harness,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let (status, bytes) = h.admin(method, path, Some(token), body).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn raw_get(h: &Harness, key: &str) -> String {
+    send(
+        h,
+        request(
+            h,
+            "GET",
+            &format!("/buk-raw-landing/{key}"),
+            LAB_KEY,
+            "",
+            "",
+        ),
+    )
+    .await
+}
+
+/// Polls until `check` holds, for at most `limit`; returns how long it took.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_dies_when_revoked()
+{
+    let h = with_exceptions().await;
+    let p = people(&h);
+    assert!(raw_get(&h, "landing/a.csv")
+        .await
+        .starts_with("HTTP/1.1 403"));
+    assert!(h.standin.seen().is_empty());
+
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.alice,
+        Some(json!({
+            "kind": "raw-bucket", "subject": "sp-aiml-lab", "bucket": "buk-raw-landing",
+            "prefix": "landing/", "ops": ["read"], "reason": "reconcile the landing feed",
+            "ticket": "CHG-1", "duration": "4h"
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    assert_eq!(
+        (ex["status"].as_str(), ex["required_approvals"].as_u64()),
+        (Some("pending"), Some(2))
+    );
+    let id = ex["id"].as_str().unwrap().to_owned();
+    let path = |verb: &str| format!("/v1/exceptions/{id}/{verb}");
+
+    let (status, e) = api(&h, Method::POST, &path("approve"), &p.alice, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["error_code"], "NOT_AN_APPROVER");
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        &path("approve"),
+        &p.carol,
+        Some(json!({"comment": "ok"})),
+    )
+    .await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("pending"))
+    );
+    // One approval of two: still closed.
+    assert!(raw_get(&h, "landing/a.csv")
+        .await
+        .starts_with("HTTP/1.1 403"));
+    let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::CONFLICT, Some("ALREADY_APPROVED"))
+    );
+
+    let (status, ex) = api(&h, Method::POST, &path("approve"), &p.erin, None).await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved"))
+    );
+    assert!(ex["expires_at"].is_string());
+    let answer = raw_get(&h, "landing/a.csv").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        raw_get(&h, "curated/a.csv")
+            .await
+            .starts_with("HTTP/1.1 403"),
+        "only its prefix"
+    );
+    assert_eq!(h.standin.seen().len(), 1);
+    let allowed = h
+        .trail()
+        .into_iter()
+        .find(|r| r["phase"] == "decision" && r["decision"]["effect"] == "allow")
+        .unwrap();
+    assert_eq!(allowed["decision"]["exception"], id.as_str());
+    assert_eq!(allowed["decision"]["rule"], "exception.approved");
+
+    // Revoked: closed again at once, and the history stays.
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        &path("revoke"),
+        &p.erin,
+        Some(json!({"comment": "done"})),
+    )
+    .await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("revoked"))
+    );
+    let took = within(Duration::from_secs(1), async || {
+        raw_get(&h, "landing/a.csv")
+            .await
+            .starts_with("HTTP/1.1 403")
+    })
+    .await;
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(h.standin.seen().len(), 1, "nothing more reached the bucket");
+    let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::CONFLICT, Some("NOT_PENDING"))
+    );
+    let (_, listed) = api(
+        &h,
+        Method::GET,
+        "/v1/exceptions?status=revoked",
+        &p.alice,
+        None,
+    )
+    .await;
+    assert_eq!(listed["exceptions"][0]["id"], id.as_str());
+    assert_eq!(
+        listed["exceptions"][0]["approvals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Every step is in the trail, by whom.
+    let steps: Vec<(String, String)> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "exception")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_owned(),
+                r["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("request", "alice@bank.example"),
+            ("approve", "carol@bank.example"),
+            ("approve", "erin@bank.example"),
+            ("revoke", "erin@bank.example"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let sp = h.service();
+    let read = |path: &str| format!("/api/2.0/dbfs/read?path={path}");
+    assert_eq!(
+        h.get(&read("dbfs:/FileStore/approved/x.csv"), &sp)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.alice,
+        Some(json!({
+            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
+            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved/",
+            "reason": "export the approved extract", "ticket": "CHG-2", "duration": "2s"
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        &format!("/v1/exceptions/{id}/approve"),
+        &p.carol,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved"))
+    );
+
+    assert_eq!(
+        h.get(&read("dbfs:/FileStore/approved/x.csv"), &sp)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.get(&read("dbfs:/FileStore/other/x.csv"), &sp)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let export = "/api/2.0/workspace/export?path=/FileStore/approved/x.csv";
+    assert_eq!(
+        h.get(export, &sp).await.status,
+        StatusCode::FORBIDDEN,
+        "only the action named"
+    );
+    assert_eq!(h.standin.seen().len(), 1);
+
+    // Nobody acts: two seconds after approval it is closed again.
+    within(Duration::from_secs(10), async || {
+        h.get(&read("dbfs:/FileStore/approved/x.csv"), &sp)
+            .await
+            .status
+            == StatusCode::FORBIDDEN
+    })
+    .await;
+    let (_, ex) = api(
+        &h,
+        Method::GET,
+        &format!("/v1/exceptions/{id}"),
+        &p.alice,
+        None,
+    )
+    .await;
+    assert_eq!(ex["status"], "expired");
+}
+
+#[tokio::test]
+async fn refusals_say_why_in_the_api_shape() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let ask = |body: Value| api(&h, Method::POST, "/v1/exceptions", &p.alice, Some(body));
+    let base = json!({"kind": "raw-bucket", "subject": "sp-aiml-lab", "bucket": "buk-raw-landing",
+        "prefix": "landing/", "ops": ["read"], "reason": "r", "ticket": "T-1", "duration": "4h"});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let (status, e) = ask(with("prefix", json!(""))).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("SCOPE_TOO_BROAD"))
+    );
+    let (status, e) = ask(with("duration", json!("31d"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("max_days"));
+    let (status, _) = ask(with("bucket", json!("buk-aiml-lab"))).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a lab bucket is not raw"
+    );
+
+    // A self-approval by an approver who requested it.
+    let (_, ex) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.carol,
+        Some(base.clone()),
+    )
+    .await;
+    let id = ex["id"].as_str().unwrap();
+    let (status, e) = api(
+        &h,
+        Method::POST,
+        &format!("/v1/exceptions/{id}/approve"),
+        &p.carol,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("SELF_APPROVAL"))
+    );
+
+    let (status, e) = h.admin(Method::GET, "/v1/exceptions", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{e:?}");
+    let (status, _) = api(&h, Method::GET, "/v1/exceptions/EXC-NOSUCH", &p.alice, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
