@@ -484,9 +484,7 @@ async fn exceptions_command(
 ) -> Result<(), String> {
     use gatehouse::exceptions::cli::{describe, list_arg, table};
     use http::Method;
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, URL_PART).to_string();
     match command {
         ExceptionsCommand::Request {
             kind,
@@ -559,6 +557,13 @@ async fn exceptions_command(
     Ok(())
 }
 
+/// What a path segment or query value escapes: all but RFC 3986's unreserved characters.
+const URL_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// approve / reject / revoke: the exception as it stands afterwards.
 async fn step(
     client: &gatehouse::exceptions::cli::AdminClient,
@@ -566,7 +571,7 @@ async fn step(
     id: &str,
     comment: Option<String>,
 ) -> Result<(), String> {
-    let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    let id = percent_encoding::utf8_percent_encode(id, URL_PART);
     let body = serde_json::json!({ "comment": comment });
     let ex = client
         .call(

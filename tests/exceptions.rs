@@ -359,3 +359,214 @@ async fn refusals_say_why_in_the_api_shape() {
     let (status, _) = api(&h, Method::GET, "/v1/exceptions/EXC-NOSUCH", &p.alice, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A `gatehouse serve` process: killed when dropped.
+struct Process {
+    child: std::process::Child,
+    data: String,
+    admin: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(config: &std::path::Path) -> Process {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = |what: &str| {
+        let line = lines.next().unwrap().unwrap();
+        let rest = line
+            .strip_prefix(&format!("gatehouse listening {what}="))
+            .unwrap_or_else(|| panic!("{line}"));
+        rest.split_whitespace().next().unwrap().to_owned()
+    };
+    let data = addr("data");
+    let admin = addr("admin");
+    Process { child, data, admin }
+}
+
+/// `gatehouse exceptions …` as an approver would run it: exit code, stdout, stderr.
+fn cli(admin: &str, ca: &std::path::Path, token: &str, args: &[&str]) -> (i32, String, String) {
+    let port = admin.rsplit(':').next().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("exceptions")
+        .args(args)
+        .env("GATEHOUSE_ADMIN", format!("https://localhost:{port}"))
+        .env("GATEHOUSE_TOKEN", token)
+        .env("GATEHOUSE_CACERT", ca)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A DBFS read through a gateway process; the status.
+async fn dbfs_read(p: &Process, ca: &std::path::Path, token: &str, path: &str) -> StatusCode {
+    use http_body_util::BodyExt;
+    let port = p.data.rsplit(':').next().unwrap();
+    let client = gatehouse::testing::local_client(ca, false).unwrap();
+    let req = http::Request::get(format!(
+        "https://{}:{port}/api/2.0/dbfs/read?path={path}",
+        gatehouse::testing::ANALYTICS_HOST
+    ))
+    .header("authorization", format!("Bearer {token}"))
+    .body(http_body_util::Full::new(bytes::Bytes::new()))
+    .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    status
+}
+
+/// The approvers' CLI against one gateway process, and, when a PostgreSQL server is given
+/// (GATEHOUSE_TEST_POSTGRES; CI always gives one), a second process sharing the store that
+/// enforces each change within a second.
+#[tokio::test]
+async fn the_cli_drives_the_workflow_and_gateways_sharing_a_store_agree_within_a_second() {
+    let standin = gatehouse::standin::StandIn::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = std::env::var("GATEHOUSE_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if store.is_none() {
+        eprintln!("GATEHOUSE_TEST_POSTGRES not set: one gateway on SQLite only");
+    }
+    let store_url = store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/gatehouse.db", root.path().display()));
+    let fixture = |name: &str| {
+        gatehouse::testing::Fixture::create(
+            &root.path().join(name),
+            &standin.url(),
+            &gatehouse::testing::FixtureOptions {
+                extra_toml: format!(
+                    "[exceptions]\nstore = \"{store_url}\"\napprover_groups = [\"cdao-approvers\"]\n"
+                ),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let fa = fixture("a");
+    let a = serve(&fa.config_path);
+    let alice = fa.token("alice@bank.example", "user", &["data-scientists"]);
+    let carol = fa.token("carol@bank.example", "user", &["cdao-approvers"]);
+    let sp = fa.token("sp-aiml-prod", "service_principal", &[]);
+    let approved = "dbfs:/FileStore/approved/x.csv";
+
+    let (code, out, err) = cli(
+        &a.admin,
+        &fa.ca_cert,
+        &alice,
+        &[
+            "request",
+            "--kind",
+            "download",
+            "--subject",
+            "sp-aiml-prod",
+            "--workspace",
+            "prod-analytics",
+            "--actions",
+            "dbfs.read",
+            "--prefix",
+            "dbfs:/FileStore/approved/",
+            "--reason",
+            "export the approved extract",
+            "--ticket",
+            "CHG-9",
+            "--duration",
+            "1d",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.lines().last().unwrap().trim().to_owned();
+    assert!(id.starts_with("EXC-"), "{out}");
+    assert!(
+        !out.contains(&alice) && !err.contains(&alice),
+        "the token is never printed"
+    );
+
+    let (code, _, err) = cli(&a.admin, &fa.ca_cert, &alice, &["approve", &id]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("403") && err.contains("NOT_AN_APPROVER"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&a.admin, &fa.ca_cert, "not-a-jwt", &["list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+
+    let (fb, b) = match &store {
+        Some(_) => {
+            let fb = fixture("b");
+            let b = serve(&fb.config_path);
+            (Some(fb), Some(b))
+        }
+        None => (None, None),
+    };
+    let (code, out, err) = cli(
+        &a.admin,
+        &fa.ca_cert,
+        &carol,
+        &["approve", &id, "--comment", "ticket checked"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("approved"), "{out}");
+    assert_eq!(
+        dbfs_read(&a, &fa.ca_cert, &sp, approved).await,
+        StatusCode::OK
+    );
+    if let (Some(fb), Some(b)) = (&fb, &b) {
+        let sp_b = fb.token("sp-aiml-prod", "service_principal", &[]);
+        within(Duration::from_secs(1), async || {
+            dbfs_read(b, &fb.ca_cert, &sp_b, approved).await == StatusCode::OK
+        })
+        .await;
+        // Revoked through the other gateway: closed on the first within a second too.
+        let carol_b = fb.token("carol@bank.example", "user", &["cdao-approvers"]);
+        let (code, out, err) = cli(&b.admin, &fb.ca_cert, &carol_b, &["revoke", &id]);
+        assert_eq!(code, 0, "{out}{err}");
+        within(Duration::from_secs(1), async || {
+            dbfs_read(&a, &fa.ca_cert, &sp, approved).await == StatusCode::FORBIDDEN
+        })
+        .await;
+    } else {
+        let (code, out, err) = cli(&a.admin, &fa.ca_cert, &carol, &["revoke", &id]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            dbfs_read(&a, &fa.ca_cert, &sp, approved).await,
+            StatusCode::FORBIDDEN
+        );
+    }
+    let (code, out, _) = cli(
+        &a.admin,
+        &fa.ca_cert,
+        &alice,
+        &["list", "--status", "revoked", "--json"],
+    );
+    assert_eq!(code, 0);
+    let listed: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(listed.iter().any(|e| e["id"] == id.as_str()), "{out}");
+    let (code, out, _) = cli(&a.admin, &fa.ca_cert, &alice, &["show", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ticket checked") && out.contains("closed:"),
+        "{out}"
+    );
+}
