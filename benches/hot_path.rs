@@ -175,6 +175,7 @@ fn s3_classify_and_decide(c: &mut Criterion) {
                     key: class.key.as_deref(),
                     copy_source: None,
                     config_body: None,
+                    list_prefix: None,
                 };
                 let d = decide_s3(
                     &rules,

@@ -445,6 +445,7 @@ pub struct RawBucket {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExceptions {
+    #[serde(default = "default_store")]
     pub store: String,
     #[serde(default)]
     pub approver_groups: Vec<String>,
@@ -452,6 +453,11 @@ pub struct RawExceptions {
     #[serde(default)]
     pub required_approvals: RawRequiredApprovals,
     pub refresh_secs: Option<u64>,
+}
+
+/// Embedded SQLite under `var/` unless a store is named.
+fn default_store() -> String {
+    "sqlite://var/gatehouse.db".to_owned()
 }
 
 /// `[exceptions.required_approvals]`: approvals needed per kind.

@@ -144,11 +144,9 @@ fn exceptions_need_a_store_and_approvers_and_default_to_a_two_person_rule_for_ra
             base(&jwks.path().display().to_string())
         ))
     };
-    let c = with(
-        "[exceptions]\nstore = \"sqlite://var/gatehouse.db\"\napprover_groups = [\"cdao-approvers\"]\n",
-    )
-    .unwrap();
+    let c = with("[exceptions]\napprover_groups = [\"cdao-approvers\"]\n").unwrap();
     let e = c.exceptions.unwrap();
+    assert_eq!(e.store, "sqlite://var/gatehouse.db", "embedded by default");
     assert_eq!(
         (e.max_days, e.required.raw_bucket, e.required.download),
         (30, 2, 1)

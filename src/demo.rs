@@ -512,6 +512,14 @@ fn demo_config(
         }
     }
     set(&mut table, "audit", "dir", s(format!("{d}/audit")));
+    if table.contains_key("exceptions") {
+        set(
+            &mut table,
+            "exceptions",
+            "store",
+            s(format!("sqlite://{d}/gatehouse.db")),
+        );
+    }
     crate::dev::write_ed25519_keypair(&dir.join("audit-signing.key"))?;
     set(
         &mut table,

@@ -97,7 +97,7 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
         &p.alice,
         Some(json!({
             "kind": "raw-bucket", "subject": "sp-aiml-lab", "bucket": "buk-raw-landing",
-            "prefix": "landing/", "ops": ["read"], "reason": "reconcile the landing feed",
+            "prefix": "landing/", "ops": ["read", "list"], "reason": "reconcile the landing feed",
             "ticket": "CHG-1", "duration": "4h"
         })),
     )
@@ -149,7 +149,24 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
             .starts_with("HTTP/1.1 403"),
         "only its prefix"
     );
-    assert_eq!(h.standin.seen().len(), 1);
+    // A listing is covered by what it names: its prefix.
+    let list = |prefix: &str| {
+        request(
+            &h,
+            "GET",
+            &format!("/buk-raw-landing?list-type=2&prefix={prefix}"),
+            LAB_KEY,
+            "",
+            "",
+        )
+    };
+    assert!(send(&h, list("landing/")).await.starts_with("HTTP/1.1 200"));
+    assert!(send(&h, list("curated/")).await.starts_with("HTTP/1.1 403"));
+    assert!(
+        send(&h, list("")).await.starts_with("HTTP/1.1 403"),
+        "not the whole bucket"
+    );
+    assert_eq!(h.standin.seen().len(), 2);
     let allowed = h
         .trail()
         .into_iter()
@@ -178,7 +195,7 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
     })
     .await;
     assert!(took < Duration::from_secs(1));
-    assert_eq!(h.standin.seen().len(), 1, "nothing more reached the bucket");
+    assert_eq!(h.standin.seen().len(), 2, "nothing more reached the bucket");
     let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
     assert_eq!(
         (status, e["error_code"].as_str()),
@@ -302,6 +319,52 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
     )
     .await;
     assert_eq!(ex["status"], "expired");
+}
+
+#[tokio::test]
+async fn a_workspace_access_exception_lets_a_person_into_prod_parallel_for_its_categories() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let list = || {
+        h.send(
+            false,
+            Method::GET,
+            gatehouse::testing::PARALLEL_HOST,
+            "/api/2.1/clusters/list",
+            Some(&p.alice),
+            None,
+        )
+    };
+    assert_eq!(list().await.status, StatusCode::FORBIDDEN);
+    let (status, ex) = api(&h, Method::POST, "/v1/exceptions", &p.alice, Some(json!({
+        "kind": "workspace-access", "subject": "alice@bank.example", "workspace": "prod-parallel",
+        "categories": ["metadata"], "reason": "incident review", "ticket": "INC-7", "duration": "2h"
+    }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    let (status, _) = api(
+        &h,
+        Method::POST,
+        &format!("/v1/exceptions/{id}/approve"),
+        &p.carol,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = list().await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Another category (jobs.run_now is "other"): still configuration-only for her.
+    let run = h
+        .send(
+            false,
+            Method::POST,
+            gatehouse::testing::PARALLEL_HOST,
+            "/api/2.1/jobs/run-now",
+            Some(&p.alice),
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

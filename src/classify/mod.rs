@@ -9,7 +9,7 @@ pub mod databricks;
 pub mod normalize;
 pub mod s3;
 pub mod s3_body;
-mod text;
+pub(crate) mod text;
 
 use std::fmt;
 

@@ -34,6 +34,8 @@ pub struct BucketRequest<'a> {
     pub copy_source: Option<(&'a str, &'a str)>,
     /// The verdict on a lifecycle or versioning body, for the operations that carry one.
     pub config_body: Option<ConfigVerdict>,
+    /// A listing's `prefix` parameter: the part of a bucket a listing names.
+    pub list_prefix: Option<&'a str>,
 }
 
 /// The configured buckets, by name.
@@ -99,6 +101,7 @@ fn decide_enforced(
             key: Some(source_key),
             copy_source: None,
             config_body: None,
+            list_prefix: None,
         };
         let d = decide_bucket(
             principal,
@@ -136,10 +139,9 @@ fn decide_bucket(
     };
     match config.class {
         BucketClass::Raw => {
-            let asset = Asset::new(
-                AssetKind::S3,
-                format!("s3://{bucket}/{}", req.key.unwrap_or("")),
-            );
+            // What an exception is matched against: the object, or what a listing names.
+            let key = req.key.or(req.list_prefix).unwrap_or("");
+            let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
             match exceptions.covering(
                 super::ExceptionKind::RawBucket,
                 principal,

@@ -71,6 +71,7 @@ fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketReque
         key: Some("k"),
         copy_source: None,
         config_body: None,
+        list_prefix: None,
     }
 }
 

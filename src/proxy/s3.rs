@@ -213,6 +213,11 @@ async fn decide_and_forward(
         .copy_source
         .as_ref()
         .map(|c| (c.bucket.as_deref().unwrap_or(""), c.key.as_str()));
+    let list_prefix: Option<String> = parts.uri.query().and_then(|q| {
+        crate::classify::text::form_pairs(q.as_bytes())
+            .find(|(name, _)| name == "prefix")
+            .map(|(_, value)| value.into_owned())
+    });
     let request = BucketRequest {
         action: &class.action,
         access: class.access,
@@ -220,6 +225,7 @@ async fn decide_and_forward(
         key: class.key.as_deref(),
         copy_source,
         config_body,
+        list_prefix: list_prefix.as_deref(),
     };
     let Some(principal) = x.principal.clone() else {
         return x
