@@ -166,7 +166,24 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
         send(&h, list("")).await.starts_with("HTTP/1.1 403"),
         "not the whole bucket"
     );
-    assert_eq!(h.standin.seen().len(), 2);
+    // A copy out of the prefix reads it: covered as a read, like a download.
+    let copy = |key: &str| {
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/copied.csv",
+            LAB_KEY,
+            &format!("x-amz-copy-source: /buk-raw-landing/{key}\r\n"),
+            "",
+        )
+    };
+    assert!(send(&h, copy("landing/a.csv"))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(send(&h, copy("curated/a.csv"))
+        .await
+        .starts_with("HTTP/1.1 403"));
+    assert_eq!(h.standin.seen().len(), 3);
     let allowed = h
         .trail()
         .into_iter()
@@ -195,7 +212,7 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
     })
     .await;
     assert!(took < Duration::from_secs(1));
-    assert_eq!(h.standin.seen().len(), 2, "nothing more reached the bucket");
+    assert_eq!(h.standin.seen().len(), 3, "nothing more reached the bucket");
     let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
     assert_eq!(
         (status, e["error_code"].as_str()),

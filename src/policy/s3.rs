@@ -94,8 +94,14 @@ fn decide_enforced(
         };
     };
     if let Some((source_bucket, source_key)) = req.copy_source {
+        // The source is read, whatever the operation does to the destination: decided (and
+        // matched against exceptions) as a read.
+        let source_action = Action {
+            category: S3Access::ReadData.category(),
+            ..*req.action
+        };
         let read = BucketRequest {
-            action: req.action,
+            action: &source_action,
             access: S3Access::ReadData,
             bucket: Some(source_bucket),
             key: Some(source_key),
