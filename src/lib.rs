@@ -16,6 +16,7 @@ pub mod explain;
 pub mod identity;
 pub mod policy;
 pub mod proxy;
+pub mod report;
 pub mod route;
 pub mod standin;
 pub mod tls;

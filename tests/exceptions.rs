@@ -70,6 +70,24 @@ async fn raw_get(h: &Harness, key: &str) -> String {
     .await
 }
 
+/// `POST /v1/exceptions/{id}/{verb}` as `token`.
+async fn step(
+    h: &Harness,
+    id: &str,
+    verb: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    api(
+        h,
+        Method::POST,
+        &format!("/v1/exceptions/{id}/{verb}"),
+        token,
+        body,
+    )
+    .await
+}
+
 /// Polls until `check` holds, for at most `limit`; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -108,19 +126,11 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
         (Some("pending"), Some(2))
     );
     let id = ex["id"].as_str().unwrap().to_owned();
-    let path = |verb: &str| format!("/v1/exceptions/{id}/{verb}");
 
-    let (status, e) = api(&h, Method::POST, &path("approve"), &p.alice, None).await;
+    let (status, e) = step(&h, &id, "approve", &p.alice, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
     assert_eq!(e["error_code"], "NOT_AN_APPROVER");
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        &path("approve"),
-        &p.carol,
-        Some(json!({"comment": "ok"})),
-    )
-    .await;
+    let (status, ex) = step(&h, &id, "approve", &p.carol, Some(json!({"comment": "ok"}))).await;
     assert_eq!(
         (status, ex["status"].as_str()),
         (StatusCode::OK, Some("pending"))
@@ -129,13 +139,13 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
     assert!(raw_get(&h, "landing/a.csv")
         .await
         .starts_with("HTTP/1.1 403"));
-    let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
+    let (status, e) = step(&h, &id, "approve", &p.carol, None).await;
     assert_eq!(
         (status, e["error_code"].as_str()),
         (StatusCode::CONFLICT, Some("ALREADY_APPROVED"))
     );
 
-    let (status, ex) = api(&h, Method::POST, &path("approve"), &p.erin, None).await;
+    let (status, ex) = step(&h, &id, "approve", &p.erin, None).await;
     assert_eq!(
         (status, ex["status"].as_str()),
         (StatusCode::OK, Some("approved"))
@@ -193,14 +203,7 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
     assert_eq!(allowed["decision"]["rule"], "exception.approved");
 
     // Revoked: closed again at once, and the history stays.
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        &path("revoke"),
-        &p.erin,
-        Some(json!({"comment": "done"})),
-    )
-    .await;
+    let (status, ex) = step(&h, &id, "revoke", &p.erin, Some(json!({"comment": "done"}))).await;
     assert_eq!(
         (status, ex["status"].as_str()),
         (StatusCode::OK, Some("revoked"))
@@ -213,7 +216,7 @@ async fn a_raw_bucket_exception_needs_two_approvers_lets_its_prefix_through_and_
     .await;
     assert!(took < Duration::from_secs(1));
     assert_eq!(h.standin.seen().len(), 3, "nothing more reached the bucket");
-    let (status, e) = api(&h, Method::POST, &path("approve"), &p.carol, None).await;
+    let (status, e) = step(&h, &id, "approve", &p.carol, None).await;
     assert_eq!(
         (status, e["error_code"].as_str()),
         (StatusCode::CONFLICT, Some("NOT_PENDING"))
@@ -286,14 +289,7 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
     let id = ex["id"].as_str().unwrap();
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        &format!("/v1/exceptions/{id}/approve"),
-        &p.carol,
-        None,
-    )
-    .await;
+    let (status, ex) = step(&h, id, "approve", &p.carol, None).await;
     assert_eq!(
         (status, ex["status"].as_str()),
         (StatusCode::OK, Some("approved"))
@@ -359,14 +355,7 @@ async fn a_workspace_access_exception_lets_a_person_into_prod_parallel_for_its_c
     }))).await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
     let id = ex["id"].as_str().unwrap();
-    let (status, _) = api(
-        &h,
-        Method::POST,
-        &format!("/v1/exceptions/{id}/approve"),
-        &p.carol,
-        None,
-    )
-    .await;
+    let (status, _) = step(&h, id, "approve", &p.carol, None).await;
     assert_eq!(status, StatusCode::OK);
     let r = list().await;
     assert_eq!(r.status, StatusCode::OK);
@@ -421,14 +410,7 @@ async fn refusals_say_why_in_the_api_shape() {
     )
     .await;
     let id = ex["id"].as_str().unwrap();
-    let (status, e) = api(
-        &h,
-        Method::POST,
-        &format!("/v1/exceptions/{id}/approve"),
-        &p.carol,
-        None,
-    )
-    .await;
+    let (status, e) = step(&h, id, "approve", &p.carol, None).await;
     assert_eq!(
         (status, e["error_code"].as_str()),
         (StatusCode::FORBIDDEN, Some("SELF_APPROVAL"))
@@ -649,4 +631,18 @@ async fn the_cli_drives_the_workflow_and_gateways_sharing_a_store_agree_within_a
         out.contains("ticket checked") && out.contains("closed:"),
         "{out}"
     );
+
+    // A clean stop still closes the trail: nothing the exception service holds keeps it open.
+    let mut a = a;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &a.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(a.child.wait().unwrap().success());
+    let trail = gatehouse::testing::read_trail(&fa.audit_dir);
+    assert_eq!(trail.last().unwrap()["phase"], "stop");
+    assert!(trail
+        .iter()
+        .any(|r| r["phase"] == "exception" && r["event"] == "approve"));
 }

@@ -279,20 +279,8 @@ pub fn table(hits: &[Hit]) -> String {
             get(&["request_id"]),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    crate::report::aligned_table(&rows)
 }
 
 /// The hits as JSON lines: the decision record with its completion under `completion`.

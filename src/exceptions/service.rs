@@ -109,7 +109,11 @@ impl Service {
             .refresh()
             .await
             .map_err(|e| format!("exceptions.store: {e}"))?;
-        tokio::spawn(service.clone().keep_current(exceptions.refresh));
+        tokio::spawn(Service::keep_current(
+            Arc::downgrade(&service),
+            service.store.changes(),
+            exceptions.refresh,
+        ));
         Ok(service)
     }
 
@@ -128,26 +132,34 @@ impl Service {
         Ok(n)
     }
 
-    async fn keep_current(self: Arc<Self>, every: Duration) {
-        let mut changes = self.store.changes();
+    /// Holds the service weakly: when the gateway drops it (at stop), this ends too, and with
+    /// it the last handle on the audit trail it writes to.
+    async fn keep_current(
+        service: std::sync::Weak<Service>,
+        mut changes: tokio::sync::watch::Receiver<u64>,
+        every: Duration,
+    ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await; // the first tick is immediate; start() has just refreshed
         loop {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        // The store's listener is gone: the periodic re-read carries on alone.
-                        changes = self.store.changes();
-                        tick.tick().await;
-                    }
-                }
-                _ = tick.tick() => {}
+            let listening = tokio::select! {
+                changed = changes.changed() => changed.is_ok(),
+                _ = tick.tick() => true,
+            };
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            if !listening {
+                // The store's notifier is gone: only the periodic re-read is left.
+                changes = service.store.changes();
             }
-            if let Err(e) = self.refresh().await {
-                tracing::error!(error = %e, "cannot refresh exceptions from the store; the last index stays in force until they expire");
+            if let Err(e) = service.refresh().await {
+                tracing::error!(error = %e, "cannot refresh exceptions from the store; the last index stays in force until its exceptions expire");
             }
-            if Arc::strong_count(&self) == 1 {
-                return; // nobody else holds the service: the gateway stopped
+            if !listening {
+                drop(service);
+                tick.tick().await; // never spin on a closed channel
             }
         }
     }
