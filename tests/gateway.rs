@@ -964,3 +964,51 @@ async fn a_reload_swaps_the_rules_for_the_next_request_and_every_attempt_is_reco
     assert_eq!(reloads[1]["sha256"], reloads[0]["sha256"]);
     assert_eq!(reloads[2]["needs_restart"][0], "server.listen");
 }
+
+#[tokio::test]
+async fn operators_reload_through_the_admin_api_and_others_are_refused() {
+    async fn reload(h: &Harness, token: Option<String>) -> (StatusCode, serde_json::Value) {
+        let (status, body) = h
+            .admin(Method::POST, "/v1/reload", token.as_deref(), None)
+            .await;
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+    let h = Harness::with(
+        FixtureOptions {
+            extra_toml: "[admin]\noperator_groups = [\"gatehouse-operators\"]\n".into(),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let operator = h.token("ops@bank.example", "user", &["gatehouse-operators"]);
+    let (status, body) = reload(&h, Some(h.alice())).await;
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("NOT_AN_OPERATOR"))
+    );
+    let (status, _) = reload(&h, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, body) = reload(&h, Some(operator.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["applied"], true);
+    let path = &h.fixture.config_path;
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("{text}\n[bogus]\n")).unwrap();
+    let (status, body) = reload(&h, Some(operator)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["errors"][0].as_str().unwrap().contains("bogus"),
+        "{body}"
+    );
+
+    let reloads: Vec<serde_json::Value> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "config" && r["event"] == "reload")
+        .collect();
+    assert_eq!(reloads.len(), 2);
+    assert!(reloads.iter().all(|r| r["by"] == "ops@bank.example"));
+    assert_eq!(reloads[1]["outcome"], "refused");
+}

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::exceptions::service::Service;
-use crate::proxy::server::CurrentGateway;
+use crate::proxy::server::{CurrentGateway, Reloader};
 use crate::proxy::Gateway;
 
 /// What the admin listener serves from.
@@ -27,6 +27,7 @@ pub struct Admin {
     pub current: CurrentGateway,
     /// `None` when `[exceptions]` is not configured.
     pub exceptions: Option<Arc<Service>>,
+    pub reloader: Arc<Reloader>,
 }
 
 pub async fn serve(
@@ -80,6 +81,10 @@ async fn route(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let gateway = admin.current.load_full();
         return exceptions::handle(&gateway, admin.exceptions.as_deref(), req).await;
     }
+    if path == "/v1/reload" {
+        let gateway = admin.current.load_full();
+        return reload(&gateway, &admin.reloader, &req);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -88,6 +93,80 @@ async fn route(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" => readiness(&admin.current.load_full()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /v1/reload`: members of `[admin] operator_groups` rebuild the configuration, as
+/// SIGHUP does; the answer says what happened (422 with every error when the file is refused).
+fn reload(
+    gateway: &Gateway,
+    reloader: &Reloader,
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({
+                "error_code": "METHOD_NOT_ALLOWED", "message": "POST /v1/reload",
+            }),
+        );
+    }
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let principal = match gateway.verifier().identify(authorization) {
+        Ok(p) if p.kind != crate::identity::PrincipalKind::Anonymous => p,
+        Ok(_) => {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({
+                    "error_code": "UNAUTHENTICATED", "message": "an OAuth access token is required",
+                }),
+            )
+        }
+        Err(e) => {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({
+                    "error_code": "UNAUTHENTICATED", "message": e.to_string(),
+                }),
+            )
+        }
+    };
+    let operators = reloader.operator_groups();
+    if !principal.in_any_group(&operators) {
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({
+                "error_code": "NOT_AN_OPERATOR",
+                "message": format!("only members of [admin] operator_groups ({}) reload the configuration", operators.join(", ")),
+            }),
+        );
+    }
+    let outcome = reloader.reload(Some(&principal.id));
+    let status = if outcome.applied {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    json(
+        status,
+        &serde_json::json!({
+            "applied": outcome.applied,
+            "errors": outcome.errors,
+            "needs_restart": outcome.needs_restart,
+        }),
+    )
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {

@@ -276,6 +276,7 @@ pub fn config_event(
     event: &str,
     errors: &[String],
     needs_restart: &[&str],
+    by: Option<&str>,
 ) -> Vec<u8> {
     serde_json::json!({
         "ts": timestamp(SystemTime::now()),
@@ -285,6 +286,7 @@ pub fn config_event(
         "outcome": if errors.is_empty() { "applied" } else { "refused" },
         "errors": errors,
         "needs_restart": needs_restart,
+        "by": by,
         "source": config.source.display().to_string(),
         "sha256": config.sha256,
         "workspaces": config.workspaces.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),

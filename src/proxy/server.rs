@@ -34,8 +34,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub tls: bool,
     current: CurrentGateway,
-    /// The configuration in force and what a reload reuses; held only while reloading.
-    reloadable: std::sync::Mutex<Reloadable>,
+    reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -54,7 +53,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("audit.dir: {e}"))?;
     // The configuration in force follows the start record in the chain, ahead of any request.
     audit
-        .record_event(crate::audit::config_event(config, "load", &[], &[]))
+        .record_event(crate::audit::config_event(config, "load", &[], &[], None))
         .map_err(|e| format!("audit.dir: {e}"))?;
     start_with(config, keys, audit, audit_writer, background).await
 }
@@ -117,6 +116,17 @@ async fn start_with(
         idle_timeout: config.server.idle_timeout,
         grace: config.server.shutdown_grace,
     };
+    let reloader = Arc::new(Reloader {
+        current: current.clone(),
+        state: std::sync::Mutex::new(Reloadable {
+            config: config.clone(),
+            keys,
+            audit,
+            stopping,
+            exceptions,
+            exceptions_service: exceptions_service.clone(),
+        }),
+    });
     let tasks = vec![
         tokio::spawn(data_loop(
             data,
@@ -130,7 +140,8 @@ async fn start_with(
             admin_tls,
             crate::admin::Admin {
                 current: current.clone(),
-                exceptions: exceptions_service.clone(),
+                exceptions: exceptions_service,
+                reloader: reloader.clone(),
             },
             rx,
         )),
@@ -140,14 +151,7 @@ async fn start_with(
         admin_addr,
         tls: tls.is_some(),
         current,
-        reloadable: std::sync::Mutex::new(Reloadable {
-            config: config.clone(),
-            keys,
-            audit,
-            stopping,
-            exceptions,
-            exceptions_service,
-        }),
+        reloader,
         shutdown,
         tasks,
         background,
@@ -209,17 +213,32 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         .collect()
 }
 
-impl Running {
-    /// The gateway new connections get now.
-    pub fn gateway(&self) -> Arc<Gateway> {
-        self.current.load_full()
+/// Rebuilds the gateway from the configuration file on demand (SIGHUP, `POST /v1/reload`).
+pub struct Reloader {
+    current: CurrentGateway,
+    /// The configuration in force and what a reload reuses; held only while reloading.
+    state: std::sync::Mutex<Reloadable>,
+}
+
+impl Reloader {
+    /// Who may reload through the admin API: `[admin] operator_groups` of the running file.
+    pub fn operator_groups(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .config
+            .later
+            .admin
+            .as_ref()
+            .map(|a| a.operator_groups.clone())
+            .unwrap_or_default()
     }
 
     /// Reads the configuration file again and, if it is valid, swaps a gateway built from it
     /// in for new connections. An invalid file changes nothing and every error is reported.
     /// JWKS files are read again (key rotation); a JWKS URL store is kept while the URL is.
-    pub fn reload(&self) -> ReloadOutcome {
-        let mut state = self.reloadable.lock().unwrap_or_else(|p| p.into_inner());
+    /// `by` names who asked (an operator's principal id), `None` for a signal.
+    pub fn reload(&self, by: Option<&str>) -> ReloadOutcome {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = match Config::load(&state.config.source) {
             Err(errors) => Err(errors.0.iter().map(ToString::to_string).collect()),
             Ok(new) => {
@@ -251,7 +270,7 @@ impl Running {
                     service.set_limits(crate::exceptions::service::limits(&new, e));
                 }
                 self.current.store(Arc::new(gateway));
-                let record = crate::audit::config_event(&new, "reload", &[], &needs_restart);
+                let record = crate::audit::config_event(&new, "reload", &[], &needs_restart, by);
                 state.config = new;
                 state.keys = keys;
                 (
@@ -264,7 +283,7 @@ impl Running {
                 )
             }
             Err(errors) => {
-                let record = crate::audit::config_event(&state.config, "reload", &errors, &[]);
+                let record = crate::audit::config_event(&state.config, "reload", &errors, &[], by);
                 (
                     ReloadOutcome {
                         applied: false,
@@ -279,6 +298,18 @@ impl Running {
             tracing::error!("the audit trail did not take the reload record");
         }
         outcome
+    }
+}
+
+impl Running {
+    /// The gateway new connections get now.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Reloads the configuration (see [`Reloader::reload`]), as SIGHUP does.
+    pub fn reload(&self) -> ReloadOutcome {
+        self.reloader.reload(Some("SIGHUP"))
     }
 
     /// Stops accepting, waits for in-flight requests (up to the grace period), then flushes
