@@ -1003,11 +1003,19 @@ async fn operators_reload_through_the_admin_api_and_others_are_refused() {
         "{body}"
     );
 
-    let reloads: Vec<serde_json::Value> = h
-        .trail()
-        .into_iter()
-        .filter(|r| r["phase"] == "config" && r["event"] == "reload")
-        .collect();
+    // Reload records are queued, not awaited: wait (bounded) for the writer.
+    let reloads = || -> Vec<serde_json::Value> {
+        h.trail()
+            .into_iter()
+            .filter(|r| r["phase"] == "config" && r["event"] == "reload")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reloads().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no reload records");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reloads = reloads();
     assert_eq!(reloads.len(), 2);
     assert!(reloads.iter().all(|r| r["by"] == "ops@bank.example"));
     assert_eq!(reloads[1]["outcome"], "refused");
