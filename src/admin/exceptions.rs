@@ -3,45 +3,23 @@
 //! status the workflow chose (403 self-approval, 409 closed, 422 too broad, …).
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::api_error as err;
 use crate::exceptions::model::{
     Actor, Exception, Kind, Millis, NewRequest, Op, Scope, Status, Subject,
 };
 use crate::exceptions::now_ms;
 use crate::exceptions::service::{millis_rfc3339, ApiError, Service};
-use crate::identity::PrincipalKind;
 use crate::proxy::Gateway;
 
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn handle(
-    gateway: &Gateway,
-    service: Option<&Service>,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    match answer(gateway, service, req).await {
-        Ok((status, body)) => json_response(status, &body),
-        Err(e) => json_response(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            &json!({"error_code": e.code, "message": e.message}),
-        ),
-    }
-}
-
-fn err(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
-async fn answer(
+pub(super) async fn answer(
     gateway: &Gateway,
     service: Option<&Service>,
     req: Request<Incoming>,
@@ -53,21 +31,7 @@ async fn answer(
             "exceptions are not configured on this gateway ([exceptions] store)",
         )
     })?;
-    let authorization = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    let principal = gateway
-        .verifier()
-        .identify(authorization)
-        .map_err(|e| err(401, "UNAUTHENTICATED", e.to_string()))?;
-    if principal.kind == PrincipalKind::Anonymous {
-        return Err(err(
-            401,
-            "UNAUTHENTICATED",
-            "an OAuth access token is required",
-        ));
-    }
+    let principal = super::caller(gateway, &req)?;
     let actor = Actor {
         id: principal.id.clone(),
         groups: principal.groups.clone(),
@@ -285,14 +249,4 @@ pub fn view(ex: &Exception, now: Millis) -> Value {
             "by": c.by, "at": millis_rfc3339(c.at), "comment": c.comment,
         })),
     })
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
 }

@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::exceptions::service::Service;
+use crate::exceptions::service::{ApiError, Service};
+use crate::identity::{Principal, PrincipalKind};
 use crate::proxy::server::{CurrentGateway, Reloader};
 use crate::proxy::Gateway;
 
@@ -79,11 +80,11 @@ async fn route(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/v1/exceptions" || path.starts_with("/v1/exceptions/") {
         let gateway = admin.current.load_full();
-        return exceptions::handle(&gateway, admin.exceptions.as_deref(), req).await;
+        return respond(exceptions::answer(&gateway, admin.exceptions.as_deref(), req).await);
     }
     if path == "/v1/reload" {
         let gateway = admin.current.load_full();
-        return reload(&gateway, &admin.reloader, &req);
+        return respond(reload(&gateway, &admin.reloader, &req));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -101,47 +102,21 @@ fn reload(
     gateway: &Gateway,
     reloader: &Reloader,
     req: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
     if req.method() != Method::POST {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({
-                "error_code": "METHOD_NOT_ALLOWED", "message": "POST /v1/reload",
-            }),
-        );
+        return Err(api_error(405, "METHOD_NOT_ALLOWED", "POST /v1/reload"));
     }
-    let authorization = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    let principal = match gateway.verifier().identify(authorization) {
-        Ok(p) if p.kind != crate::identity::PrincipalKind::Anonymous => p,
-        Ok(_) => {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({
-                    "error_code": "UNAUTHENTICATED", "message": "an OAuth access token is required",
-                }),
-            )
-        }
-        Err(e) => {
-            return json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({
-                    "error_code": "UNAUTHENTICATED", "message": e.to_string(),
-                }),
-            )
-        }
-    };
+    let principal = caller(gateway, req)?;
     let operators = reloader.operator_groups();
     if !principal.in_any_group(&operators) {
-        return json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({
-                "error_code": "NOT_AN_OPERATOR",
-                "message": format!("only members of [admin] operator_groups ({}) reload the configuration", operators.join(", ")),
-            }),
-        );
+        return Err(api_error(
+            403,
+            "NOT_AN_OPERATOR",
+            format!(
+                "only members of [admin] operator_groups ({}) reload the configuration",
+                operators.join(", ")
+            ),
+        ));
     }
     let outcome = reloader.reload(Some(&principal.id));
     let status = if outcome.applied {
@@ -149,17 +124,53 @@ fn reload(
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    json(
+    Ok((
         status,
-        &serde_json::json!({
+        serde_json::json!({
             "applied": outcome.applied,
             "errors": outcome.errors,
             "needs_restart": outcome.needs_restart,
         }),
-    )
+    ))
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+fn api_error(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Who is calling the admin API: identified like a data-path caller, and never anonymous.
+fn caller<B>(gateway: &Gateway, req: &Request<B>) -> Result<Arc<Principal>, ApiError> {
+    let authorization = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let principal = gateway
+        .verifier()
+        .identify(authorization)
+        .map_err(|e| api_error(401, "UNAUTHENTICATED", e.to_string()))?;
+    if principal.kind == PrincipalKind::Anonymous {
+        return Err(api_error(
+            401,
+            "UNAUTHENTICATED",
+            "an OAuth access token is required",
+        ));
+    }
+    Ok(principal)
+}
+
+/// A JSON answer, or a refusal as `{"error_code", "message"}` with its status.
+fn respond(result: Result<(StatusCode, serde_json::Value), ApiError>) -> Response<Full<Bytes>> {
+    let (status, body) = match result {
+        Ok(answer) => answer,
+        Err(e) => (
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            serde_json::json!({"error_code": e.code, "message": e.message}),
+        ),
+    };
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(

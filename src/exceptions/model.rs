@@ -419,6 +419,38 @@ fn check_scope(scope: &Scope, limits: &Limits) -> Result<(), String> {
     }
 }
 
+/// Only members of `approver_groups` approve or reject (`verb`).
+fn require_approver(actor: &Actor, limits: &Limits, verb: &str) -> Result<(), Refusal> {
+    if actor.is_approver(limits) {
+        return Ok(());
+    }
+    Err(refuse(
+        403,
+        "NOT_AN_APPROVER",
+        format!(
+            "only members of {} {verb} exceptions",
+            limits.approver_groups.join(", ")
+        ),
+    ))
+}
+
+/// Only a pending exception can be `done` (approved, rejected).
+fn require_pending(ex: &Exception, now: Millis, done: &str) -> Result<(), Refusal> {
+    let status = ex.status_at(now);
+    if status == Status::Pending {
+        return Ok(());
+    }
+    Err(refuse(
+        409,
+        "NOT_PENDING",
+        format!(
+            "exception {} is {}; only pending ones can be {done}",
+            ex.id,
+            status.as_str()
+        ),
+    ))
+}
+
 /// Adds an approval; the last one required puts the exception in force for its duration,
 /// counted from now.
 pub fn approve(
@@ -428,16 +460,7 @@ pub fn approve(
     now: Millis,
     limits: &Limits,
 ) -> Result<Exception, Refusal> {
-    if !approver.is_approver(limits) {
-        return Err(refuse(
-            403,
-            "NOT_AN_APPROVER",
-            format!(
-                "only members of {} approve exceptions",
-                limits.approver_groups.join(", ")
-            ),
-        ));
-    }
+    require_approver(approver, limits, "approve")?;
     if approver.id == ex.requester || ex.subject.is_principal(&approver.id) {
         return Err(refuse(
             403,
@@ -445,18 +468,7 @@ pub fn approve(
             "nobody approves an exception they requested or that is for them",
         ));
     }
-    let status = ex.status_at(now);
-    if status != Status::Pending {
-        return Err(refuse(
-            409,
-            "NOT_PENDING",
-            format!(
-                "exception {} is {}; only pending ones can be approved",
-                ex.id,
-                status.as_str()
-            ),
-        ));
-    }
+    require_pending(&ex, now, "approved")?;
     if ex.approvals.iter().any(|a| a.approver == approver.id) {
         return Err(refuse(
             409,
@@ -488,28 +500,8 @@ pub fn reject(
     now: Millis,
     limits: &Limits,
 ) -> Result<Exception, Refusal> {
-    if !approver.is_approver(limits) {
-        return Err(refuse(
-            403,
-            "NOT_AN_APPROVER",
-            format!(
-                "only members of {} reject exceptions",
-                limits.approver_groups.join(", ")
-            ),
-        ));
-    }
-    let status = ex.status_at(now);
-    if status != Status::Pending {
-        return Err(refuse(
-            409,
-            "NOT_PENDING",
-            format!(
-                "exception {} is {}; only pending ones can be rejected",
-                ex.id,
-                status.as_str()
-            ),
-        ));
-    }
+    require_approver(approver, limits, "reject")?;
+    require_pending(&ex, now, "rejected")?;
     ex.status = Status::Rejected;
     ex.closed = Some(Closing {
         by: approver.id.clone(),

@@ -154,6 +154,7 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     ) {
         return decide_and_forward(
             x,
+            s3,
             class,
             workspace,
             None,
@@ -189,26 +190,18 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
         Some(b) => s3_body::lifecycle_keeps_retention(b, retention),
     };
     let body = ForwardBody::Buffered(bytes.unwrap_or_default());
-    decide_and_forward(x, class, workspace, Some(verdict), parts, body).await
+    decide_and_forward(x, s3, class, workspace, Some(verdict), parts, body).await
 }
 
 async fn decide_and_forward(
     x: &mut Exchange<'_>,
+    s3: &super::S3Gateway,
     class: s3c::S3Classification,
     workspace: Option<&str>,
     config_body: Option<ConfigVerdict>,
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Response<ProxyBody> {
-    let Some(s3) = x.gw.s3.as_ref() else {
-        return x
-            .refuse(
-                Refusal::Forbidden,
-                "route.unknown_host",
-                "S3 is not configured",
-            )
-            .await;
-    };
     let copy_source = class
         .copy_source
         .as_ref()

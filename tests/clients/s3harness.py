@@ -24,6 +24,7 @@ environment or keyword arguments, never on a command line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -37,7 +38,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import harness
@@ -257,6 +258,31 @@ def summarize_upstream(recs: Sequence[UpstreamRequest]) -> List[str]:
 # ---------------------------------------------------------------------------------------------
 # The gateway's config
 # ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def gateways_http_and_tls(tmp_path_factory: Any, name: str, *, binary: Path, certs: Path, jwks: Path,
+                          s3_upstream: str, keys: Dict[str, "AccessKey"]) -> Iterator[Dict[str, harness.Gateway]]:
+    """Two gateways in front of `s3_upstream`, one plaintext and one over TLS, keyed by transport;
+    both stopped on the way out."""
+    gws: Dict[str, harness.Gateway] = {}
+    try:
+        for transport in ("http", "tls"):
+            d = tmp_path_factory.mktemp(f"gatehouse-{name}-{transport}")
+            audit_dir = d / "audit"
+            audit_dir.mkdir()
+            cfg = write_s3_config(d / "gatehouse.toml", jwks=jwks, audit_dir=audit_dir, s3_upstream=s3_upstream,
+                                  keys=keys, certs=certs if transport == "tls" else None,
+                                  gateway_id=f"gw-{name}-{transport}")
+            gw = harness.Gateway(cfg, audit_dir, d / "gatehouse.log", binary=binary,
+                                 env=harness.client_env(d / "home", None))
+            gws[transport] = gw
+            gw.start()
+            assert gw.tls == (transport == "tls"), f"{transport} gateway reports tls={gw.tls}"
+        yield gws
+    finally:
+        for gw in gws.values():
+            gw.stop()
+
 
 def write_s3_config(path: Path, *, jwks: Path, audit_dir: Path, s3_upstream: str,
                     keys: Dict[str, AccessKey], certs: Optional[Path] = None,

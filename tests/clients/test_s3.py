@@ -109,25 +109,9 @@ def keys() -> Dict[str, AccessKey]:
 @pytest.fixture(scope="module")
 def s3_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
                 minter: TokenMinter, moto: MotoServer, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
-    gws: Dict[str, Gateway] = {}
-    try:
-        for transport in ("http", "tls"):
-            d = tmp_path_factory.mktemp(f"gatehouse-s3-{transport}")
-            audit_dir = d / "audit"
-            audit_dir.mkdir()
-            cfg = s3harness.write_s3_config(d / "gatehouse.toml", jwks=minter.jwks_path, audit_dir=audit_dir,
-                                            s3_upstream=moto.url, keys=keys,
-                                            certs=certs if transport == "tls" else None,
-                                            gateway_id=f"gw-s3-{transport}")
-            gw = Gateway(cfg, audit_dir, d / "gatehouse.log", binary=gateway_binary,
-                         env=harness.client_env(d / "home", None))
-            gws[transport] = gw
-            gw.start()
-            assert gw.tls == (transport == "tls"), f"{transport} gateway reports tls={gw.tls}"
+    with s3harness.gateways_http_and_tls(tmp_path_factory, "s3", binary=gateway_binary, certs=certs,
+                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys) as gws:
         yield gws
-    finally:
-        for gw in gws.values():
-            gw.stop()
 
 
 @pytest.fixture(params=["http", "tls"])

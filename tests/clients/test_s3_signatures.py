@@ -210,26 +210,10 @@ def s3s(s3_process_env: Path, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def s3s_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
                  minter: TokenMinter, s3s: S3sUpstream, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
-    gws: Dict[str, Gateway] = {}
     mapped = {name: keys[name] for name in ("lab", "stranger")}
-    try:
-        for transport in ("http", "tls"):
-            d = tmp_path_factory.mktemp(f"gatehouse-s3s-{transport}")
-            audit_dir = d / "audit"
-            audit_dir.mkdir()
-            cfg = s3harness.write_s3_config(d / "gatehouse.toml", jwks=minter.jwks_path, audit_dir=audit_dir,
-                                            s3_upstream=s3s.url, keys=mapped,
-                                            certs=certs if transport == "tls" else None,
-                                            gateway_id=f"gw-s3s-{transport}")
-            gw = Gateway(cfg, audit_dir, d / "gatehouse.log", binary=gateway_binary,
-                         env=harness.client_env(d / "home", None))
-            gws[transport] = gw
-            gw.start()
-            assert gw.tls == (transport == "tls"), f"{transport} gateway reports tls={gw.tls}"
+    with s3harness.gateways_http_and_tls(tmp_path_factory, "s3s", binary=gateway_binary, certs=certs,
+                                         jwks=minter.jwks_path, s3_upstream=s3s.url, keys=mapped) as gws:
         yield gws
-    finally:
-        for gw in gws.values():
-            gw.stop()
 
 
 @pytest.fixture(params=["http", "tls"])
