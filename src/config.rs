@@ -117,6 +117,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Runtime worker threads; 1 runs everything on one thread (the cheapest per request).
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +277,9 @@ struct RawServer {
     upstream_timeout_ms: u64,
     #[serde(default = "default_grace_ms")]
     shutdown_grace_ms: u64,
+    /// 0: one per available core.
+    #[serde(default)]
+    workers: usize,
 }
 
 fn default_gateway_id() -> String {
@@ -508,14 +513,26 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
 ];
 
-/// Rule ids that `[policy] report_only` may name. Download and credential blocking are the
-/// platform's core guarantee and transport rules (malformed requests) keep the parsers
-/// honest: neither can be put in report mode.
+/// Rule ids that `[policy] report_only` may name: the policy's own denials, so a new or
+/// tightened block can be watched before it bites. Never `identity.*` (an unverified caller is
+/// never let through), and not the download and credential blocks, which are the platform's
+/// core guarantee; transport rules (malformed requests) keep the parsers honest and are not
+/// policy at all.
 pub const REPORTABLE_RULES: &[&str] = &[
     "principal.denied_group",
     "workspace.humans_denied",
     "workspace.config_only",
     "api.unknown",
+    "buckets.unknown",
+    "buckets.raw_blocked",
+    "buckets.lab_workspace",
+    "buckets.lab_retention",
+    "buckets.lab_versioning",
+    "buckets.lab_governance",
+    "buckets.prod_output_people",
+    "buckets.prod_output_writer",
+    "buckets.prod_output_governance",
+    "buckets.prod_output_reader",
 ];
 
 // ---- loading ---------------------------------------------------------------------------
@@ -742,6 +759,11 @@ fn check_server(raw: RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         idle_timeout: Duration::from_millis(raw.idle_timeout_ms),
         upstream_timeout: Duration::from_millis(raw.upstream_timeout_ms),
         shutdown_grace: Duration::from_millis(raw.shutdown_grace_ms),
+        workers: if raw.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            raw.workers
+        },
     })
 }
 

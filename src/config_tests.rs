@@ -173,3 +173,25 @@ fn exceptions_need_a_store_and_approvers_and_default_to_a_two_person_rule_for_ra
     )
     .is_err());
 }
+
+#[test]
+fn report_only_takes_policy_rules_but_never_identity_or_the_download_block() {
+    let jwks = jwks_file();
+    let with = |rules: &str| {
+        base(&jwks.path().display().to_string()) + &format!("\n[policy]\nreport_only = [{rules}]\n")
+    };
+    let c = Config::parse(&with("\"buckets.raw_blocked\", \"api.unknown\"")).unwrap();
+    assert_eq!(c.policy.report_only, ["buckets.raw_blocked", "api.unknown"]);
+    for refused in [
+        "identity.missing_token",
+        "identity.invalid_token",
+        "downloads.blocked",
+        "credentials.blocked",
+    ] {
+        let errors = Config::parse(&with(&format!("\"{refused}\"")))
+            .unwrap_err()
+            .0;
+        assert_eq!(errors[0].key, "policy.report_only", "{refused}");
+        assert!(errors[0].message.contains(refused));
+    }
+}

@@ -200,15 +200,21 @@ impl Report {
         self.line(
             "decision",
             format!(
-                "{} (rule {}){}",
+                "{} (rule {}){}{}",
                 d.effect.as_str().to_ascii_uppercase(),
                 d.rule,
+                if d.would_deny.is_some() {
+                    ", report-only: would deny"
+                } else {
+                    ""
+                },
                 status.map_or(String::new(), |s| format!(", answered with HTTP {s}"))
             ),
         );
         self.line("reason", d.reason.to_string());
         self.decision = Some(json!({
             "effect": d.effect.as_str(), "rule": d.rule, "reason": d.reason, "status": status,
+            "would_deny": d.would_deny,
         }));
     }
 

@@ -285,11 +285,28 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
+/// The serving runtime: one worker runs on the current thread, which saves the cross-thread
+/// wakeups a one-worker multi-thread runtime still pays.
+fn serving_runtime(workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::Serve { config } => {
             let config = load(&config)?;
-            runtime()?.block_on(gatehouse::proxy::server::serve_until_signal(&config))?;
+            serving_runtime(config.server.workers)?
+                .block_on(gatehouse::proxy::server::serve_until_signal(&config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -436,6 +436,68 @@ async fn unknown_apis_are_denied_by_default_and_recorded_when_configured() {
     );
 }
 
+/// A rule in `[policy] report_only` lets the request through and records the rule that would
+/// have denied it; rules not listed, and identity rules, still bite.
+#[tokio::test]
+async fn report_only_rules_forward_and_record_what_they_would_have_denied() {
+    let h = Harness::with(
+        FixtureOptions {
+            report_only: vec!["api.unknown".into(), "workspace.humans_denied".into()],
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let r = h.get("/api/2.0/some-new-api/list", &h.service()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(h.standin.saw_path("/api/2.0/some-new-api/list"));
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    let decision = &h.records_for(rid)[0]["decision"];
+    assert_eq!(decision["effect"], "allow");
+    assert_eq!(decision["would_deny"], "api.unknown");
+
+    // A person in the production workspace: watched, not blocked.
+    let r = h
+        .send(
+            false,
+            Method::GET,
+            PROD_HOST,
+            "/api/2.1/clusters/list",
+            Some(&h.alice()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        h.records_for(rid)[0]["decision"]["would_deny"],
+        "workspace.humans_denied"
+    );
+
+    // Downloads are not in report mode: still denied, never forwarded, no would_deny.
+    let before = h.standin.seen().len();
+    let r = h.get("/api/2.0/dbfs/read?path=/x", &h.service()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(h.standin.seen().len(), before);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    let decision = &h.records_for(rid)[0]["decision"];
+    assert_eq!(decision["effect"], "deny");
+    assert!(decision.get("would_deny").is_none());
+
+    // No token at all is an identity rule: 401 whatever report_only says.
+    let r = h
+        .send(
+            false,
+            Method::GET,
+            ANALYTICS_HOST,
+            "/api/2.0/some-new-api/list",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn bodies_are_inspected_where_the_decision_depends_on_them() {
     let h = Harness::start().await;

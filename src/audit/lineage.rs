@@ -35,7 +35,7 @@ pub struct Row {
     pub asset: String,
     /// `read`, `write` or `other`.
     pub direction: &'static str,
-    /// Requests that went upstream: `allow` and `would_deny` both forward.
+    /// Requests that went upstream, report-only ones included.
     pub allowed: u64,
     pub denied: u64,
     /// The part of `allowed` that an enforcing policy would have refused.
@@ -154,13 +154,14 @@ impl Lineage {
         let row = &mut self.rows[i];
         match text(r, &["decision", "effect"]) {
             Some("deny") => row.denied += 1,
-            Some("would_deny") => {
-                row.allowed += 1;
-                row.would_deny += 1;
-            }
             // An unknown or missing effect is counted as access: over-reporting to a data
             // subject is recoverable, under-reporting is not.
-            _ => row.allowed += 1,
+            _ => {
+                row.allowed += 1;
+                if text(r, &["decision", "would_deny"]).is_some() {
+                    row.would_deny += 1;
+                }
+            }
         }
         // Min/max rather than first/last fed: several gateways' files interleave in time.
         let ts = text(r, &["ts"]).unwrap_or("");
@@ -292,11 +293,16 @@ mod tests {
 
     /// A Databricks decision at `hm` (hour:minute) on one day.
     fn dbfs(x: &str, hm: &str, who: &str, op: Op, path: &str, effect: &str) -> Value {
+        let decision = match effect {
+            "would_deny" => json!({"effect": "allow", "rule": "r", "reason": "", "exception": null,
+                                   "would_deny": "r"}),
+            _ => json!({"effect": effect, "rule": "r", "reason": "", "exception": null}),
+        };
         json!({"seq": 1, "ts": format!("2026-11-27T{hm}:00.000000Z"), "phase": "decision",
                "exchange": x, "request_id": x, "workspace": "prod-analytics",
                "principal": {"id": who, "type": "user", "groups": ["analysts"], "auth": "pat"},
                "action": {"name": op.0, "category": op.1}, "asset": {"kind": "dbfs", "path": path},
-               "decision": {"effect": effect, "rule": "r", "reason": "", "exception": null}})
+               "decision": decision})
     }
 
     /// An allowed S3 decision on `bucket/key`; an empty part is recorded as null.

@@ -111,7 +111,7 @@ impl Filter {
             && eq(&self.workspace, text(r, &["workspace"]))
             && eq(&self.action, text(r, &["action", "name"]))
             && eq(&self.category, text(r, &["action", "category"]))
-            && eq(&self.decision, text(r, &["decision", "effect"]))
+            && self.decision.as_deref().is_none_or(|d| decision_is(r, d))
             && eq(&self.rule, text(r, &["decision", "rule"]))
             && eq(&self.exception, text(r, &["decision", "exception"]))
             && eq(&self.bucket, text(r, &["asset", "bucket"]))
@@ -248,6 +248,15 @@ pub fn trail_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Whether a decision record's outcome is `want`: `allow` or `deny` by its effect, or
+/// `would_deny` for a request let through only because its rule is report-only.
+fn decision_is(r: &Value, want: &str) -> bool {
+    match want {
+        "would_deny" => text(r, &["decision", "would_deny"]).is_some(),
+        _ => text(r, &["decision", "effect"]) == Some(want),
+    }
+}
+
 /// The hits as an aligned table.
 pub fn table(hits: &[Hit]) -> String {
     let mut rows = vec![[
@@ -306,11 +315,31 @@ mod tests {
     use serde_json::json;
     use std::time::Duration;
 
+    /// `effect` "would_deny" writes what report-only mode records: an allow naming the rule.
     fn decision(principal: &str, effect: &str, ts: &str) -> Value {
+        let decision = match effect {
+            "would_deny" => json!({"effect": "allow", "rule": "api.unknown", "exception": null,
+                                   "would_deny": "api.unknown"}),
+            _ => json!({"effect": effect, "rule": "downloads.blocked", "exception": null}),
+        };
         json!({"ts": ts, "phase": "decision", "exchange": principal, "principal": {"id": principal},
                "workspace": "prod-analytics", "action": {"name": "dbfs.read", "category": "download"},
-               "asset": {"kind": "dbfs", "path": "dbfs:/tmp/x.csv"},
-               "decision": {"effect": effect, "rule": "downloads.blocked", "exception": null}})
+               "asset": {"kind": "dbfs", "path": "dbfs:/tmp/x.csv"}, "decision": decision})
+    }
+
+    /// A report-only request is an allow (it went upstream) and is also found as would_deny.
+    #[test]
+    fn report_only_requests_are_allowed_and_would_deny() {
+        let carol = decision("carol", "would_deny", "2026-11-27T10:00:00.000000Z");
+        let alice = decision("alice", "deny", "2026-11-27T10:00:00.000000Z");
+        let by = |d: &str| Filter {
+            decision: Some(d.into()),
+            ..Default::default()
+        };
+        assert!(by("allow").matches(&carol));
+        assert!(by("would_deny").matches(&carol));
+        assert!(!by("deny").matches(&carol));
+        assert!(!by("would_deny").matches(&alice));
     }
 
     /// The byte pre-checks may only skip lines the full match would reject: a scan of a real

@@ -185,6 +185,9 @@ struct DecisionOut<'a> {
     rule: &'static str,
     reason: &'a str,
     exception: Option<&'a str>,
+    /// Present only on a request a report-only rule would have denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would_deny: Option<&'static str>,
 }
 
 /// The `decision` record: written, and acknowledged, before anything goes upstream.
@@ -262,6 +265,7 @@ impl DecisionRecord<'_> {
                 rule: self.decision.rule,
                 reason: &self.decision.reason,
                 exception: self.decision.exception.as_deref(),
+                would_deny: self.decision.would_deny,
             },
         };
         serde_json::to_vec(&out).unwrap_or_default()

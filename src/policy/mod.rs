@@ -19,8 +19,6 @@ pub type RuleId = &'static str;
 pub enum Effect {
     Allow,
     Deny,
-    /// A rule in `[policy] report_only` would have denied: recorded, not enforced.
-    WouldDeny,
 }
 
 impl Effect {
@@ -28,7 +26,6 @@ impl Effect {
         match self {
             Effect::Allow => "allow",
             Effect::Deny => "deny",
-            Effect::WouldDeny => "would_deny",
         }
     }
 
@@ -46,6 +43,8 @@ pub struct Decision {
     pub reason: Cow<'static, str>,
     /// The approved exception that turned a deny into an allow.
     pub exception: Option<String>,
+    /// The rule, in `[policy] report_only`, that would have denied this allowed request.
+    pub would_deny: Option<RuleId>,
 }
 
 impl Decision {
@@ -55,6 +54,7 @@ impl Decision {
             rule,
             reason: reason.into(),
             exception: None,
+            would_deny: None,
         }
     }
 
@@ -64,6 +64,7 @@ impl Decision {
             rule,
             reason: reason.into(),
             exception: None,
+            would_deny: None,
         }
     }
 }
@@ -117,11 +118,17 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// A deny by a rule in `report_only` becomes `would_deny`: recorded, not enforced.
+    /// A deny by a rule in `report_only` becomes an allow that names the rule in
+    /// `would_deny`: recorded, not enforced. Identity rules are always enforced, whatever the
+    /// configuration says (it cannot name them; this is the second lock).
     pub fn report_mode(&self, decision: Decision) -> Decision {
-        if decision.effect == Effect::Deny && self.report_only.contains(decision.rule) {
+        if decision.effect == Effect::Deny
+            && !decision.rule.starts_with("identity.")
+            && self.report_only.contains(decision.rule)
+        {
             return Decision {
-                effect: Effect::WouldDeny,
+                effect: Effect::Allow,
+                would_deny: Some(decision.rule),
                 ..decision
             };
         }
@@ -247,6 +254,7 @@ pub(crate) fn lifted(rule: &str, id: String) -> Decision {
         rule: "exception.approved",
         reason: Cow::Owned(format!("{rule} lifted by approved exception {id}")),
         exception: Some(id),
+        would_deny: None,
     }
 }
 

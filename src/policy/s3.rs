@@ -89,6 +89,7 @@ fn decide_enforced(
                 rule: "buckets.list_all",
                 reason: Cow::Borrowed("listing bucket names returns no data"),
                 exception: None,
+                would_deny: None,
             },
             _ => deny("buckets.unknown", "the request names no bucket"),
         };
@@ -284,6 +285,7 @@ fn allow() -> Decision {
         rule: "default.allow",
         reason: Cow::Borrowed("allowed by the bucket rules"),
         exception: None,
+        would_deny: None,
     }
 }
 

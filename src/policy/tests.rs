@@ -99,17 +99,52 @@ fn unknown_apis_can_be_recorded_instead() {
 }
 
 #[test]
-fn report_only_rules_become_would_deny() {
+fn report_only_rules_allow_and_name_the_rule_that_would_deny() {
     let mut r = rules();
     r.report_only.insert("api.unknown".into());
-    assert_eq!(
-        rule(&r, &service(), &ws(HumansMode::Allow), &Action::UNKNOWN_API),
-        (Effect::WouldDeny, "api.unknown")
+    let d = decide(
+        &r,
+        &service(),
+        &ws(HumansMode::Allow),
+        &Action::UNKNOWN_API,
+        None,
+        &NoExceptions,
     );
-    // Other rules stay enforced.
+    assert_eq!(
+        (d.effect, d.rule, d.would_deny),
+        (Effect::Allow, "api.unknown", Some("api.unknown"))
+    );
+    // Other rules stay enforced, and an ordinary allow names no rule.
     assert_eq!(
         rule(&r, &service(), &ws(HumansMode::Allow), &READ).0,
         Effect::Deny
+    );
+    let d = decide(
+        &r,
+        &service(),
+        &ws(HumansMode::Allow),
+        &LIST,
+        None,
+        &NoExceptions,
+    );
+    assert_eq!((d.effect, d.would_deny), (Effect::Allow, None));
+}
+
+#[test]
+fn identity_rules_are_enforced_even_if_listed_as_report_only() {
+    let mut r = rules();
+    r.report_only.insert("identity.missing_token".into());
+    let d = decide(
+        &r,
+        &Principal::anonymous(),
+        &ws(HumansMode::Allow),
+        &LIST,
+        None,
+        &NoExceptions,
+    );
+    assert_eq!(
+        (d.effect, d.rule, d.would_deny),
+        (Effect::Deny, "identity.missing_token", None)
     );
 }
 
