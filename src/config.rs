@@ -247,6 +247,7 @@ pub struct Config {
     pub s3: Option<S3Config>,
     pub buckets: Vec<BucketConfig>,
     pub exceptions: Option<ExceptionsConfig>,
+    pub limits: LimitsConfig,
     pub later: LaterSections,
     /// Directory the file was read from: relative paths in it are resolved against the
     /// current directory, like every other tool, but we keep it for messages.
@@ -498,6 +499,59 @@ pub struct RawAdmin {
 pub struct RawLimits {
     pub per_principal_rps: Option<u32>,
     pub burst: Option<u32>,
+    pub max_connections: Option<usize>,
+}
+
+/// `[limits]`: per-principal request rates and the cap on open client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per principal; `None`: not limited.
+    pub per_principal_rps: Option<u32>,
+    /// Requests a principal may send at once above the sustained rate.
+    pub burst: u32,
+    /// Open client connections on the data listener, all clients together.
+    pub max_connections: usize,
+}
+
+/// Enough for 10,000 idle keep-alive clients with room to spare; beyond it, new connections
+/// are closed at once (and counted) rather than exhausting file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_principal_rps: None,
+            burst: 0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+fn check_limits(raw: Option<&RawLimits>, errors: &mut Errors) -> LimitsConfig {
+    let Some(raw) = raw else {
+        return LimitsConfig::default();
+    };
+    if raw.per_principal_rps == Some(0) {
+        errors.push(
+            "limits.per_principal_rps",
+            "must be greater than 0 (leave it out for no limit)",
+        );
+    }
+    if raw.burst == Some(0) {
+        errors.push("limits.burst", "must be greater than 0");
+    }
+    if raw.burst.is_some() && raw.per_principal_rps.is_none() {
+        errors.push("limits.burst", "needs per_principal_rps");
+    }
+    if raw.max_connections == Some(0) {
+        errors.push("limits.max_connections", "must be greater than 0");
+    }
+    LimitsConfig {
+        per_principal_rps: raw.per_principal_rps,
+        // A burst of one second's worth unless told otherwise.
+        burst: raw.burst.or(raw.per_principal_rps).unwrap_or(0),
+        max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    }
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -608,6 +662,7 @@ impl Config {
             .exceptions
             .as_ref()
             .and_then(|e| check_exceptions(e, &mut errors));
+        let limits = check_limits(later.limits.as_ref(), &mut errors);
 
         match (server, identity, policy, audit) {
             (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {
@@ -620,6 +675,7 @@ impl Config {
                     s3,
                     buckets,
                     exceptions,
+                    limits,
                     later,
                     source: PathBuf::new(),
                     sha256: {

@@ -14,6 +14,7 @@ pub mod dev;
 pub mod exceptions;
 pub mod explain;
 pub mod identity;
+pub mod limits;
 pub mod policy;
 pub mod proxy;
 pub mod report;

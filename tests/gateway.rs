@@ -8,6 +8,8 @@ use std::time::Duration;
 use common::{fixture_rows, Harness};
 use gatehouse::testing::{FixtureOptions, ANALYTICS_HOST, PARALLEL_HOST, PROD_HOST};
 use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 fn method(m: &str) -> Method {
     m.parse().unwrap()
@@ -1081,4 +1083,104 @@ async fn operators_reload_through_the_admin_api_and_others_are_refused() {
     assert_eq!(reloads.len(), 2);
     assert!(reloads.iter().all(|r| r["by"] == "ops@bank.example"));
     assert_eq!(reloads[1]["outcome"], "refused");
+}
+
+/// `[limits]`: a principal over its rate gets 429 with Retry-After in its client's error
+/// shape, recorded and never forwarded; other principals are not affected.
+#[tokio::test]
+async fn principals_over_their_rate_get_429_with_retry_after() {
+    let h = Harness::with(
+        FixtureOptions {
+            extra_toml: "[limits]\nper_principal_rps = 1\nburst = 3\n".into(),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let sp = h.service();
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("/api/2.1/clusters/list", &sp).await.status,
+            StatusCode::OK
+        );
+    }
+    let forwarded = h.standin.seen().len();
+    let r = h.get("/api/2.1/clusters/list", &sp).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        retry, 1,
+        "one request per second: the next is due within a second"
+    );
+    assert_eq!(r.json()["error_code"], "REQUEST_LIMIT_EXCEEDED");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("limits.rate"));
+    assert_eq!(h.standin.seen().len(), forwarded);
+    let rid = r.headers["x-request-id"].to_str().unwrap();
+    let records = h.records_for(rid);
+    assert_eq!(records[0]["decision"]["effect"], "deny");
+    assert_eq!(records[0]["decision"]["rule"], "limits.rate");
+    assert_eq!(records[0]["principal"]["id"], "sp-aiml-prod");
+    assert_eq!(h.completion_for(rid).await["status"], 429);
+
+    // Someone else has their own bucket.
+    let r = h.get("/api/2.1/clusters/list", &h.alice()).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+/// `[limits] max_connections`: beyond the cap, a new connection is closed at once; when one
+/// closes, a new one is served again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_at_once() {
+    let h = Harness::with(
+        FixtureOptions {
+            tls: false,
+            extra_toml: "[limits]\nmax_connections = 2\n".into(),
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let addr = ("127.0.0.1", h.port);
+    let request = format!(
+        "GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        gatehouse::testing::ANALYTICS_HOST,
+        h.service()
+    );
+    // Two connections, each served once and kept open.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(c);
+    }
+    // The third is closed without an answer.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut out)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the third connection was served: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // One closes; the next connection is served.
+    drop(open.pop());
+    let mut served = false;
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(request.as_bytes()).await;
+        let mut buf = [0u8; 12];
+        if c.read_exact(&mut buf).await.is_ok() && &buf == b"HTTP/1.1 200" {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "no slot was freed after a connection closed");
 }

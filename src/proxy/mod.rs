@@ -14,7 +14,7 @@ pub mod server;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -64,6 +64,63 @@ struct UpstreamClients {
     upgrade: UpstreamClient,
 }
 
+/// What outlives a configuration: every gateway built by a reload shares it, so rate-limit
+/// buckets are not refilled by a reload.
+pub struct Shared {
+    pub limiter: crate::limits::RateLimiter,
+    /// Open client connections on the data listener.
+    open_connections: AtomicUsize,
+    /// Connections closed at once because `max_connections` were open.
+    refused_connections: AtomicU64,
+}
+
+/// One open client connection; dropping it frees the slot.
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    pub fn new(config: &Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            limiter: crate::limits::RateLimiter::new(&config.limits),
+            open_connections: AtomicUsize::new(0),
+            refused_connections: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a new connection, unless `max` are open already.
+    pub fn open_connection(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
+        let admitted = self
+            .open_connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok();
+        if !admitted {
+            self.refused_connections.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.load(Ordering::Relaxed)
+    }
+
+    /// A reload took `config`: its rates apply from now on.
+    pub fn reconfigure(&self, config: &Config) {
+        self.limiter.configure(&config.limits);
+    }
+}
+
 /// Everything the data path needs, built once from a `Config`.
 pub struct Gateway {
     pub gateway_id: Arc<str>,
@@ -80,6 +137,8 @@ pub struct Gateway {
     request_ids: RequestIds,
     stopping: Stopping,
     s3: Option<S3Gateway>,
+    shared: Arc<Shared>,
+    limits: crate::config::LimitsConfig,
 }
 
 impl Gateway {
@@ -89,6 +148,7 @@ impl Gateway {
         audit: Arc<AuditSink>,
         stopping: Stopping,
         exceptions: crate::exceptions::Live,
+        shared: Arc<Shared>,
     ) -> Result<Gateway, String> {
         let mut clients = Vec::with_capacity(config.workspaces.len());
         for w in &config.workspaces {
@@ -147,7 +207,18 @@ impl Gateway {
             request_ids: RequestIds::new(),
             stopping,
             s3,
+            shared,
+            limits: config.limits.clone(),
         })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Open client connections allowed on the data listener.
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections
     }
 
     pub fn audit(&self) -> &Arc<AuditSink> {
@@ -320,6 +391,38 @@ impl Exchange<'_> {
         response
     }
 
+    /// Charges the request to its principal's rate; over it, the request is refused with 429
+    /// and `Retry-After`, and recorded like any refusal. Anonymous requests (login and
+    /// discovery) are not charged: they carry no principal to charge, and the connection cap
+    /// bounds them.
+    async fn over_rate(&self, principal: &Principal) -> Option<Response<ProxyBody>> {
+        if principal.kind == crate::identity::PrincipalKind::Anonymous {
+            return None;
+        }
+        let wait = self
+            .gw
+            .shared
+            .limiter
+            .check(&principal.id, self.started)
+            .err()?;
+        let secs = crate::limits::retry_after_secs(wait);
+        let reason = format!(
+            "{} is over its request rate ({} per second, burst {}); retry after {secs} s",
+            principal.id,
+            self.gw.limits.per_principal_rps.unwrap_or(0),
+            self.gw.limits.burst,
+        );
+        let mut response = self
+            .refuse(Refusal::TooManyRequests, "limits.rate", reason)
+            .await;
+        if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        Some(response)
+    }
+
     fn unrecordable(&self, e: crate::audit::AuditError) -> Response<ProxyBody> {
         tracing::error!(request_id = self.request_id_str(), error = %e, "request refused: the audit trail cannot take its record");
         refusal_response_in(
@@ -465,6 +568,9 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
         }
     };
     x.principal = Some(principal.clone());
+    if let Some(refused) = x.over_rate(&principal).await {
+        return refused;
+    }
 
     // ---- bounded body inspection where the decision depends on the body ----
     let (parts, incoming) = req.into_parts();

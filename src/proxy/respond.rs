@@ -2,7 +2,8 @@
 //!
 //! Databricks clients get `{"error_code": …, "message": …}` so the SDK raises the right
 //! exception at once. Statuses are chosen so clients do not retry a policy denial: a deny is
-//! always 403 (never 408, 429 or 5xx, which the SDK retries for minutes).
+//! always 403 (never 408, 429 or 5xx, which the SDK retries for minutes). A rate limit is the
+//! one refusal meant to be retried: 429 with `Retry-After`.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -27,6 +28,8 @@ pub enum Refusal {
     RequestTimeout,
     /// The gateway cannot record or verify right now: 503 (clients may retry).
     Unavailable,
+    /// The principal is over its request rate: 429 with `Retry-After` (clients back off).
+    TooManyRequests,
     /// The upstream failed: 502.
     BadGateway,
     /// The upstream did not answer in time: 504.
@@ -43,6 +46,7 @@ impl Refusal {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -56,6 +60,8 @@ impl Refusal {
             Refusal::TooLarge => "RESOURCE_EXHAUSTED",
             Refusal::RequestTimeout => "REQUEST_TIMEOUT",
             Refusal::Unavailable => "TEMPORARILY_UNAVAILABLE",
+            // What Databricks itself answers with 429; the SDKs retry it after Retry-After.
+            Refusal::TooManyRequests => "REQUEST_LIMIT_EXCEEDED",
             Refusal::BadGateway | Refusal::GatewayTimeout => "BAD_GATEWAY",
         }
     }
@@ -99,6 +105,8 @@ impl Refusal {
             Refusal::TooLarge => "EntityTooLarge",
             Refusal::RequestTimeout => "RequestTimeout",
             Refusal::Unavailable => "ServiceUnavailable",
+            // A throttling code botocore and the AWS CLI retry with backoff.
+            Refusal::TooManyRequests => "SlowDown",
             Refusal::BadGateway => "InternalError",
             Refusal::GatewayTimeout => "RequestTimeout",
         }

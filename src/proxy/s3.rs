@@ -144,6 +144,9 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     record.workspace = caller.workspace.clone();
     x.principal = Some(std::sync::Arc::new(caller.principal.clone()));
     x.s3 = Some(record);
+    if let Some(refused) = x.over_rate(&caller.principal).await {
+        return refused;
+    }
 
     // ---- the few bodies the bucket rules read ----
     let (parts, incoming) = req.into_parts();

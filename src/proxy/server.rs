@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::framing::Watched;
-use super::{handle, ConnInfo, Gateway, Stopping};
+use super::{handle, ConnInfo, Gateway, Shared, Stopping};
 use crate::audit::{AuditSink, AuditWriterHandle};
 use crate::config::{Config, JwksSource};
 use crate::identity::KeyStore;
@@ -68,12 +68,14 @@ async fn start_with(
     let (shutdown, rx) = watch::channel(false);
     let stopping = Stopping::new(rx.clone(), config.server.shutdown_grace);
     let exceptions = crate::exceptions::no_exceptions();
+    let shared = Shared::new(config);
     let gateway = Arc::new(Gateway::new(
         config,
         keys.clone(),
         audit.clone(),
         stopping.clone(),
         exceptions.clone(),
+        shared.clone(),
     )?);
     let current: CurrentGateway = Arc::new(ArcSwap::new(gateway));
     let server_tls = match &config.server.tls {
@@ -247,12 +249,14 @@ impl Reloader {
                     (_, now) => KeyStore::from_source(now),
                 };
                 keys.and_then(|keys| {
+                    let shared = self.current.load().shared().clone();
                     let gateway = Gateway::new(
                         &new,
                         keys.clone(),
                         state.audit.clone(),
                         state.stopping.clone(),
                         state.exceptions.clone(),
+                        shared,
                     )?;
                     Ok((new, keys, gateway))
                 })
@@ -269,6 +273,7 @@ impl Reloader {
                 if let (Some(service), Some(e)) = (&state.exceptions_service, &new.exceptions) {
                     service.set_limits(crate::exceptions::service::limits(&new, e));
                 }
+                gateway.shared().reconfigure(&new);
                 self.current.store(Arc::new(gateway));
                 let record = crate::audit::config_event(&new, "reload", &[], &needs_restart, by);
                 state.config = new;
@@ -382,6 +387,15 @@ async fn data_loop(
                         continue;
                     }
                 };
+                let gateway = current.load();
+                let Some(slot) = gateway.shared().open_connection(gateway.max_connections()) else {
+                    // Closing at once tells the client to go elsewhere or retry; holding the
+                    // socket open would spend the descriptor the cap exists to save.
+                    tracing::warn!(%peer, max = gateway.max_connections(), "connection refused: limits.max_connections are open");
+                    drop(stream);
+                    continue;
+                };
+                drop(gateway);
                 let _ = stream.set_nodelay(true);
                 let watcher = graceful.watcher();
                 let current = current.clone();
@@ -389,6 +403,7 @@ async fn data_loop(
                 let builder = builder.clone();
                 let handshake_timeout = settings.header_read_timeout;
                 connections.spawn(async move {
+                    let _slot = slot;
                     match tls {
                         None => {
                             let conn = Arc::new(ConnInfo::new(peer, false, None));
