@@ -141,9 +141,11 @@ def write_config(path: Path, *, certs: Path, jwks: Path, upstream: str, audit_di
                  listen: str = "127.0.0.1:0", admin_listen: str = "127.0.0.1:0",
                  hosts: Sequence[str] = ("localhost", "127.0.0.1"), gateway_id: str = "gw-test",
                  deny_groups: Sequence[str] = ("tenant-martech",), humans: str = "allow",
-                 durability: str = "group", signing_key: Optional[Path] = None) -> Path:
+                 durability: str = "group", signing_key: Optional[Path] = None,
+                 extra: str = "") -> Path:
     """The TOML config of the contract (DESIGN.md key names). `durability` is the audit
-    trail's: "every", "group" or "none"; `signing_key` signs its digests."""
+    trail's: "every", "group" or "none"; `signing_key` signs its digests; `extra` is appended
+    (whole sections, e.g. `[limits]`)."""
     arr = lambda xs: "[" + ", ".join(_toml_str(x) for x in xs) + "]"  # noqa: E731
     text = f"""\
 [server]
@@ -176,6 +178,7 @@ durability = {_toml_str(durability)}
 """
     if signing_key is not None:
         text += f"signing_key = {_toml_str(signing_key)}\n"
+    text += extra
     path.write_text(text)
     return path
 

@@ -267,3 +267,31 @@ def test_denied_group_is_refused(client, minter: TokenMinter, upstream: StandIn)
         _call_clusters_list(client(token))
     assert _api(upstream.requests()) == [], f"upstream saw {seen(upstream.requests())}"
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Rate limits: the SDK backs off on 429 and gets through
+# ---------------------------------------------------------------------------------------------
+
+def test_the_sdk_backs_off_on_429_and_succeeds(tmp_path: Path, gateway_binary: Path, certs: Path,
+                                               minter: TokenMinter, upstream: StandIn, sdk_env: Path,
+                                               principal: str) -> None:
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    cfg = harness.write_config(tmp_path / "gatehouse.toml", certs=certs, jwks=minter.jwks_path,
+                               upstream=upstream.url, audit_dir=audit_dir,
+                               extra="\n[limits]\nper_principal_rps = 1\nburst = 1\n")
+    with Gateway(cfg, audit_dir, tmp_path / "gatehouse.log", binary=gateway_binary,
+                 env=harness.client_env(tmp_path / "home", None)) as gw:
+        w = WorkspaceClient(config=Config(host=gw.url, token=minter.mint(principal), auth_type="pat",
+                                          retry_timeout_seconds=30, http_timeout_seconds=HTTP_TIMEOUT_S,
+                                          config_file=str(sdk_env / "no-databrickscfg")))
+        for _ in range(3):
+            assert [c.cluster_id for c in w.clusters.list()] == [CLUSTER["cluster_id"]]
+        calls = [r for r in upstream.requests() if r["path"] == "/api/2.1/clusters/list"]
+        assert len(calls) == 3, f"upstream saw {seen(upstream.requests())}"
+        recs = audit_for(gw, principal, lambda rs: any(dig(r, "decision.rule") == "limits.rate" for r in rs))
+        limited = [r for r in recs if dig(r, "decision.rule") == "limits.rate"]
+        assert limited and all(dig(r, "decision.effect") == "deny" for r in limited), summarize(recs)
+        allowed = [r for r in recs if r.get("phase") == "decision" and dig(r, "decision.effect") == "allow"]
+        assert len(allowed) == 3, summarize(recs)
