@@ -700,6 +700,56 @@ async fn websocket_upgrades_pass_after_the_same_checks() {
     assert!(h.standin.saw_path("/ws/notebook"));
 }
 
+/// A WebSocket opened before a reload keeps working on the configuration it started with, even
+/// when the reload denies its caller: a reload never tears down open tunnels. New upgrades get
+/// the new rules.
+#[tokio::test]
+async fn an_open_websocket_survives_a_reload_that_denies_new_ones() {
+    let h = Harness::start().await;
+    let tls = gatehouse::tls::client_config(Some(&h.fixture.ca_cert)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let upgrade = format!(
+        "GET /ws/notebook HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
+        h.alice()
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ANALYTICS_HOST).unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    s.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+
+    // Alice's group is denied from now on.
+    let path = &h.fixture.config_path;
+    let original = std::fs::read_to_string(path).unwrap();
+    let stricter = original.replace(
+        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
+        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
+    );
+    assert_ne!(stricter, original);
+    std::fs::write(path, &stricter).unwrap();
+    assert!(h.running().reload().applied);
+
+    // The open tunnel still carries bytes both ways.
+    for round in 0..3 {
+        let msg = format!("frame-{round}-after-reload");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut echoed))
+            .await
+            .expect("the tunnel answered in time")
+            .expect("the tunnel is still open");
+        assert_eq!(echoed, msg.as_bytes());
+    }
+    // A new upgrade by the same caller is refused under the new rules.
+    let answer = h.raw(ANALYTICS_HOST, upgrade.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}
+
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     use http_body_util::BodyExt;
