@@ -52,6 +52,18 @@ struct SharedState {
     written: AtomicU64,
     failed_writes: AtomicU64,
     dropped_completions: AtomicU64,
+    /// Records handed over and not yet taken by the writer thread.
+    queued: AtomicU64,
+    fsyncs: AtomicU64,
+    fsync_micros: AtomicU64,
+}
+
+impl SharedState {
+    fn observe_fsync(&self, took: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Joins the writer thread once every sink is dropped and the queue is drained.
@@ -107,6 +119,12 @@ impl AuditSink {
             buf: Vec::with_capacity(64 * 1024),
             owed: Vec::new(),
             _lock: lock,
+            syncer: match config.durability {
+                Durability::Group => Some(
+                    Syncer::start(state.clone()).map_err(|e| AuditError::Open(e.to_string()))?,
+                ),
+                _ => None,
+            },
         };
         let thread = std::thread::Builder::new()
             .name("gatehouse-audit".to_owned())
@@ -154,16 +172,34 @@ impl AuditSink {
     }
 
     fn enqueue(&self, entry: Entry) -> Result<(), AuditError> {
-        self.tx.try_send(entry).map_err(|e| match e {
-            TrySendError::Full(_) => AuditError::QueueFull,
-            TrySendError::Disconnected(_) => AuditError::Stopped,
+        // Counted before the send so the writer's decrement can never come first.
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.try_send(entry).map_err(|e| {
+            self.state.queued.fetch_sub(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(_) => AuditError::QueueFull,
+                TrySendError::Disconnected(_) => AuditError::Stopped,
+            }
         })
+    }
+
+    /// Records waiting for the writer thread.
+    pub fn queue_depth(&self) -> u64 {
+        self.state.queued.load(Ordering::Relaxed)
+    }
+
+    /// fsyncs of the trail so far and the time they took in total.
+    pub fn fsync_totals(&self) -> (u64, Duration) {
+        (
+            self.state.fsyncs.load(Ordering::Relaxed),
+            Duration::from_micros(self.state.fsync_micros.load(Ordering::Relaxed)),
+        )
     }
 
     /// Hands over a completion record without waiting. The request has already been
     /// forwarded, so a full queue can only be counted and logged.
     pub fn record_completion(&self, body: Vec<u8>) {
-        if self.tx.try_send(Entry { body, ack: None }).is_err() {
+        if self.enqueue(Entry { body, ack: None }).is_err() {
             self.state
                 .dropped_completions
                 .fetch_add(1, Ordering::Relaxed);
@@ -327,7 +363,7 @@ fn open_trail(
 /// (they are retried before any further record is accepted).
 struct DigestLog {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<Arc<File>>,
     good_len: u64,
     next_seq: u64,
     last_hash: [u8; 32],
@@ -342,7 +378,7 @@ impl DigestLog {
         let bytes = cut_torn_tail(&mut file, path)?;
         let mut log = DigestLog {
             path: path.to_path_buf(),
-            file: Some(file),
+            file: Some(Arc::new(file)),
             good_len: bytes.len() as u64,
             next_seq: 1,
             last_hash: digest::NO_PREVIOUS,
@@ -431,7 +467,7 @@ impl DigestLog {
 /// and then first cutting whatever a failed write left past `good_len`. On failure the
 /// handle is dropped so the next attempt starts clean.
 fn append_durably(
-    handle: &mut Option<File>,
+    handle: &mut Option<Arc<File>>,
     path: &Path,
     good_len: u64,
     bytes: &[u8],
@@ -444,9 +480,9 @@ fn append_durably(
             if meta.is_file() && meta.len() > good_len {
                 file.set_len(good_len)?;
             }
-            *handle = Some(file);
+            *handle = Some(Arc::new(file));
         }
-        let file = handle.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
+        let mut file: &File = handle.as_deref().ok_or(std::io::ErrorKind::NotFound)?;
         file.write_all(bytes)?;
         if sync {
             file.sync_data()?;
@@ -463,7 +499,8 @@ fn append_durably(
 struct Segment {
     name: String,
     path: PathBuf,
-    file: Option<File>,
+    /// Shared with the background syncer in `group` mode.
+    file: Option<Arc<File>>,
     first_seq: u64,
     records: u64,
     /// Length up to the last record known to be wholly written.
@@ -499,6 +536,51 @@ struct Writer {
     owed: Vec<Vec<u8>>,
     /// Held for the writer's life: one writer per gateway id and directory.
     _lock: File,
+    /// `group`: fsyncs written segments in the background.
+    syncer: Option<Syncer>,
+}
+
+/// How often, at most, `group` mode fsyncs the open segment in the background: the most a
+/// power loss (not a crash of the gateway: written records are in the kernel by then) can
+/// take from the trail.
+pub const GROUP_FSYNC_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The background fsync of `group` mode: the writer hands it the segment after each write;
+/// it fsyncs the newest one it was handed, then rests until the interval is over, so writes
+/// (and the requests waiting on them) never wait for the disk.
+struct Syncer {
+    tx: mpsc::SyncSender<Arc<File>>,
+}
+
+impl Syncer {
+    fn start(state: Arc<SharedState>) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::sync_channel::<Arc<File>>(1);
+        std::thread::Builder::new()
+            .name("gatehouse-audit-sync".to_owned())
+            .spawn(move || {
+                while let Ok(mut file) = rx.recv() {
+                    // Only the newest matters: an older segment was fsynced when it closed.
+                    while let Ok(newer) = rx.try_recv() {
+                        file = newer;
+                    }
+                    let started = Instant::now();
+                    let result = file.sync_data();
+                    drop(file);
+                    state.observe_fsync(started.elapsed());
+                    if let Err(e) = result {
+                        state.failed_writes.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "audit trail fsync failed");
+                    }
+                    std::thread::sleep(GROUP_FSYNC_INTERVAL.saturating_sub(started.elapsed()));
+                }
+            })?;
+        Ok(Syncer { tx })
+    }
+
+    /// Asks for an fsync of `file`; one already asked for covers this write too.
+    fn poke(&self, file: &Arc<File>) {
+        let _ = self.tx.try_send(file.clone());
+    }
 }
 
 const MAX_BATCH: usize = 1024;
@@ -528,11 +610,9 @@ impl Writer {
         let mut batch: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
         batch.push(self.lifecycle("start"));
         self.write_batch(&mut batch);
-        let max = if self.durability == Durability::Every {
-            1
-        } else {
-            MAX_BATCH
-        };
+        // `every` too takes whatever is queued as one batch with one fsync (group commit):
+        // each request still waits until its own record is on disk.
+        let max = MAX_BATCH;
         loop {
             match rx.recv_timeout(self.until_due()) {
                 Ok(first) => {
@@ -543,6 +623,9 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
+                    self.state
+                        .queued
+                        .fetch_sub(batch.len() as u64, Ordering::Relaxed);
                     self.write_batch(&mut batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -608,11 +691,16 @@ impl Writer {
         }
         // Digests owed from earlier go first: no record is accepted while the digest log
         // cannot be written.
+        let started = Instant::now();
         let result = self
             .digests
             .flush()
             .map_err(|e| (self.digests.path.clone(), e))
             .and_then(|()| self.append_to_segment());
+        if self.durability == Durability::Every && result.is_ok() {
+            // The write is microseconds; what this measures is the fsync.
+            self.state.observe_fsync(started.elapsed());
+        }
         match result {
             Ok(()) => {
                 let now = SystemTime::now();
@@ -623,6 +711,9 @@ impl Writer {
                 segment.first_written.get_or_insert(now);
                 segment.last_written = Some(now);
                 segment.last_hash = hash;
+                if let (Some(syncer), Some(file)) = (&self.syncer, &segment.file) {
+                    syncer.poke(file);
+                }
                 self.next_seq += batch.len() as u64;
                 self.last_hash = hash;
                 self.state.healthy.store(true, Ordering::Release);
@@ -682,7 +773,7 @@ impl Writer {
             &segment.path,
             segment.bytes,
             &self.buf,
-            self.durability != Durability::None,
+            self.durability == Durability::Every,
         )
         .map_err(|e| (segment.path.clone(), e))
     }
@@ -695,7 +786,7 @@ impl Writer {
         match self.segment.take() {
             Some(segment) if segment.records > 0 => {
                 // Whatever durability promised per record, a closed segment is on disk.
-                if let Some(Err(e)) = segment.file.as_ref().map(File::sync_all) {
+                if let Some(Err(e)) = segment.file.as_ref().map(|f| f.sync_all()) {
                     self.failed(&segment.path, &e);
                 }
                 entry.segment = Some(segment.name);
@@ -760,6 +851,40 @@ mod tests {
             .split_inclusive(|&b| b == b'\n')
             .map(|l| digest::open(l, None).unwrap().entry)
             .collect()
+    }
+
+    /// `every` and `group` both have a record in the file when its request is acknowledged;
+    /// `every` has fsynced it by then, `group` fsyncs it in the background shortly after.
+    #[tokio::test]
+    async fn acknowledged_records_are_written_and_fsynced_as_the_mode_promises() {
+        for durability in [Durability::Every, Durability::Group] {
+            let dir = tempfile::tempdir().unwrap();
+            let (sink, handle) = AuditSink::open(&config(dir.path(), durability), "gw").unwrap();
+            sink.record_decision(br#"{"phase":"decision","n":1}"#.to_vec())
+                .await
+                .unwrap();
+            assert!(
+                records(dir.path()).iter().any(|r| r["n"] == 1),
+                "{durability:?}: acknowledged but not in the file"
+            );
+            if durability == Durability::Every {
+                assert!(
+                    sink.fsync_totals().0 >= 1,
+                    "every: acknowledged before an fsync"
+                );
+            }
+            let mut synced = false;
+            for _ in 0..500 {
+                if sink.fsync_totals().0 >= 1 {
+                    synced = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(synced, "{durability:?}: never fsynced");
+            assert_eq!(sink.queue_depth(), 0);
+            close(sink, handle).await;
+        }
     }
 
     async fn close(sink: Arc<AuditSink>, handle: AuditWriterHandle) {

@@ -173,6 +173,9 @@ pub struct KeyStore {
     fetcher: Option<crate::tls::HttpsClient>,
     refetch: tokio::sync::Mutex<Option<Instant>>,
     loaded: AtomicBool,
+    /// Unix seconds of the last successful load or refresh (0: never).
+    refreshed_at: AtomicU64,
+    refresh_failures: AtomicU64,
 }
 
 impl KeyStore {
@@ -194,6 +197,8 @@ impl KeyStore {
             fetcher,
             refetch: tokio::sync::Mutex::new(None),
             loaded: AtomicBool::new(loaded),
+            refreshed_at: AtomicU64::new(if loaded { super::unix_now() } else { 0 }),
+            refresh_failures: AtomicU64::new(0),
         }))
     }
 
@@ -206,6 +211,8 @@ impl KeyStore {
             fetcher: None,
             refetch: tokio::sync::Mutex::new(None),
             loaded: AtomicBool::new(true),
+            refreshed_at: AtomicU64::new(super::unix_now()),
+            refresh_failures: AtomicU64::new(0),
         })
     }
 
@@ -233,6 +240,21 @@ impl KeyStore {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
         self.loaded.store(true, Ordering::Release);
+        self.refreshed_at
+            .store(super::unix_now(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the key set was last loaded, if it ever was.
+    pub fn age_secs(&self) -> Option<u64> {
+        match self.refreshed_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(super::unix_now().saturating_sub(at)),
+        }
+    }
+
+    /// Refreshes that failed (the last good key set was kept).
+    pub fn refresh_failures(&self) -> u64 {
+        self.refresh_failures.load(Ordering::Relaxed)
     }
 
     /// Fetches the key set from `jwks_url` (or re-reads the file) and swaps it in.
@@ -264,6 +286,7 @@ impl KeyStore {
         match self.refresh().await {
             Ok(_) => true,
             Err(e) => {
+                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "JWKS refresh for an unknown kid failed; keeping the last good key set");
                 false
             }
@@ -285,6 +308,7 @@ impl KeyStore {
                     delay = period;
                 }
                 Err(e) => {
+                    self.refresh_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
                     // Retry sooner while we have nothing, never hammer.
                     delay = if self.is_ready() {
