@@ -97,6 +97,24 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `host:port`, with the scheme's default port when none is written.
+    pub fn authority_with_port(&self) -> String {
+        let has_port = match self.authority.rfind(':') {
+            // `[v6]` alone has a colon inside the brackets, not a port.
+            Some(i) => !self.authority[i..].contains(']'),
+            None => false,
+        };
+        if has_port {
+            self.authority.clone()
+        } else {
+            let port = match self.scheme {
+                Scheme::Http => 80,
+                Scheme::Https => 443,
+            };
+            format!("{}:{port}", self.authority)
+        }
+    }
+
     pub fn scheme_str(&self) -> &'static str {
         match self.scheme {
             Scheme::Http => "http",
@@ -119,6 +137,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 1 runs everything on one thread (the cheapest per request).
     pub workers: usize,
+    /// Bodiless GET/HEAD to plain-HTTP upstreams share pipelined connections.
+    pub upstream_pipelining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +301,12 @@ struct RawServer {
     /// 0: one per available core.
     #[serde(default)]
     workers: usize,
+    #[serde(default = "yes")]
+    upstream_pipelining: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_gateway_id() -> String {
@@ -820,6 +846,7 @@ fn check_server(raw: RawServer, errors: &mut Errors) -> Option<ServerConfig> {
         } else {
             raw.workers
         },
+        upstream_pipelining: raw.upstream_pipelining,
     })
 }
 

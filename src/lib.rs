@@ -15,6 +15,7 @@ pub mod exceptions;
 pub mod explain;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod report;

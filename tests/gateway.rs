@@ -1234,3 +1234,142 @@ async fn connections_beyond_the_cap_are_closed_at_once() {
     }
     assert!(served, "no slot was freed after a connection closed");
 }
+
+/// The value of one sample in a Prometheus text exposition, by its exact series text.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `GET /metrics` on the admin listener counts what the data path did, by workspace, category,
+/// decision and rule, with latencies, upstream errors, connections, the trail, the token
+/// cache, the keys, exceptions and reloads.
+#[tokio::test]
+async fn metrics_count_what_the_gateway_did() {
+    let h = Harness::with(
+        FixtureOptions {
+            server_extra: vec!["upstream_timeout_ms = 300".into()],
+            report_only: vec!["api.unknown".into()],
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await;
+    let sp = h.service();
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("/api/2.1/clusters/list", &sp).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        h.get("/api/2.0/dbfs/read?path=/x", &sp).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.get("/api/2.0/brand-new/list", &sp).await.status,
+        StatusCode::OK
+    );
+    let r = h
+        .send(
+            false,
+            Method::GET,
+            ANALYTICS_HOST,
+            "/api/2.1/clusters/list",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = h.get("/static/slow?ms=2000", &sp).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(h.running().reload().applied);
+
+    // Completions are counted when their records are handed over; wait for the last one.
+    let mut text = String::new();
+    for _ in 0..200 {
+        let (status, body) = h.admin(Method::GET, "/metrics", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        text = String::from_utf8(body.to_vec()).unwrap();
+        if sample(&text, "gatehouse_request_duration_seconds_count") >= Some(7.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let requests = |category: &str, decision: &str, rule: &str| {
+        sample(
+            &text,
+            &format!("gatehouse_requests_total{{workspace=\"prod-analytics\",category=\"{category}\",decision=\"{decision}\",rule=\"{rule}\"}}"),
+        )
+    };
+    assert_eq!(
+        requests("metadata", "allow", "default.allow"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests("download", "deny", "downloads.blocked"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests("other", "report_only", "api.unknown"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        requests("metadata", "deny", "identity.missing_token"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_request_duration_seconds_count"),
+        Some(7.0)
+    );
+    // Allowed requests reached the upstream: 3 lists, the report-only one, the slow one.
+    assert_eq!(
+        sample(&text, "gatehouse_upstream_duration_seconds_count"),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_upstream_errors_total{kind=\"timeout\"}"),
+        Some(1.0)
+    );
+    let total = sample(&text, "gatehouse_connections_total").unwrap();
+    assert!(total >= 7.0, "{text}");
+    assert!(sample(&text, "gatehouse_open_connections").is_some_and(|open| open <= total));
+    assert!(
+        sample(&text, "gatehouse_token_cache_hits_total") >= Some(5.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "gatehouse_token_cache_misses_total") >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "gatehouse_audit_queue_depth").is_some(),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "gatehouse_audit_healthy"), Some(1.0));
+    assert!(
+        sample(&text, "gatehouse_audit_fsync_seconds_count") >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "gatehouse_jwks_age_seconds").is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "gatehouse_jwks_refresh_failures_total"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "gatehouse_live_exceptions"), Some(0.0));
+    assert_eq!(
+        sample(&text, "gatehouse_config_reloads_total{outcome=\"applied\"}"),
+        Some(1.0)
+    );
+    // Nothing secret or personal is a label.
+    assert!(!text.contains(&sp) && !text.contains("sp-aiml-prod"));
+}

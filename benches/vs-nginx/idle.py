@@ -124,6 +124,8 @@ async def main():
         except (ValueError, OSError):
             pass
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile < args.conns + 64:  # room for /proc reads and the event loop
+        sys.exit(f"open-file limit {nofile} is too low for {args.conns} connections")
 
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
                + "".join(h + "\r\n" for h in args.header) + "\r\n").encode()

@@ -166,7 +166,7 @@ def main(tsv, meta_path=None):
                  ("RSS MiB, all open, round 1", "rss_mib", 1, None, "first"),
                  ("RSS MiB before opening, round 1 (fresh process)", "rss_before_mib", 1, None, "first"),
                  ("KiB per connection, round 1", "kib_per_conn", 1, None, "first"),
-                 ("upstream connections added", "upstream_conns_added", 0, None, None)],
+                 ("connections to the origin added, round 1", "upstream_conns_added", 0, None, "first", False)],
     }
     if len(rounds) > 1:
         spec["idle"].insert(3, ("RSS MiB before opening, last round (earlier rounds' connections closed)",
@@ -179,8 +179,8 @@ def main(tsv, meta_path=None):
             # how many were open when RSS was read (the gateway's instance)
             opened = med([m.get("opened", float("nan")) for m in valid(test, GW[test]).values()])
             TITLE["idle"] = f"{fmt(opened, 0)} idle keep-alive connections"
-        for label, metric, digits, target, *only in spec[test]:
-            row(test, label, metric, digits, target, only[0] if only else None)
+        for label, metric, digits, target, *rest in spec[test]:
+            row(test, label, metric, digits, target, *rest)
 
     # peak RSS after the load tests: the last round's reading (VmHWM is a high-water mark)
     last = max(rounds) if rounds else 0
@@ -199,8 +199,8 @@ def main(tsv, meta_path=None):
 
     out.append("")
     # validity: errors, trail, noise indicators
-    out.append("| test | target | rounds valid | requests (median) | socket errors + non-2xx (all rounds) | trail records ÷ requests | proxy CPU % | origin CPU % | server core busy % | client core busy % | steal % |")
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("| test | target | rounds valid | requests (median) | socket errors + non-2xx (all rounds) | trail records ÷ requests | TCP accepts ÷ requests | proxy CPU % | origin CPU % | server core busy % | client core busy % | steal % |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for test in tests:
         if test == "idle":
             for target in (NGINX[test], GW[test]):
@@ -210,7 +210,7 @@ def main(tsv, meta_path=None):
                 bad_conns = sum(m.get("failed", 0) + m.get("non200", 0) + m.get("closed", 0) for m in allr.values())
                 out.append(f"| idle | {target} | {len(valid(test, target))}/{len(allr)} | "
                            f"{fmt(med([m.get('opened', float('nan')) for m in allr.values()]), 0)} open | "
-                           f"{'**' + str(int(bad_conns)) + '**' if bad_conns else 0} failed/non-200/closed | – | – | – | – | – | – |")
+                           f"{'**' + str(int(bad_conns)) + '**' if bad_conns else 0} failed/non-200/closed | – | – | – | – | – | – | – |")
             continue
         for target in (NGINX[test], GW[test]):
             allr = {r: data[(r, test, target)] for r in rounds if (r, test, target) in data}
@@ -219,8 +219,10 @@ def main(tsv, meta_path=None):
             ok = valid(test, target)
             errs = sum(m.get("socket_errors", 0) + m.get("non2xx", 0) for m in allr.values())
             trail = [m["audit_records"] / m["requests"] for m in allr.values() if "audit_records" in m and m.get("requests")]
+            accepts = [m["tcp_accepted"] / m["requests"] for m in allr.values() if "tcp_accepted" in m and m.get("requests")]
             out.append(f"| {test} | {target} | {len(ok)}/{len(allr)} | {fmt(med([m.get('requests', float('nan')) for m in allr.values()]), 0)} | "
                        f"{'**' + str(int(errs)) + '**' if errs else 0} | {fmt(med(trail), 3) if trail else '–'} | "
+                       f"{fmt(med(accepts), 3) if accepts else '–'} | "
                        f"{fmt(med([100 * m.get('proxy_cpu_s', float('nan')) / m['secs'] for m in allr.values() if m.get('secs')]), 0)} | "
                        f"{fmt(med([100 * m.get('origin_cpu_s', float('nan')) / m['secs'] for m in allr.values() if m.get('secs')]), 0)} | "
                        f"{fmt(med([m.get('server_core_busy_pct', float('nan')) for m in allr.values()]), 0)} | "
@@ -243,7 +245,9 @@ def main(tsv, meta_path=None):
                "separate instances (started with the others, used for nothing else; round 1 sees a fresh "
                "process, later rounds one whose earlier idle connections were closed). Trail records ÷ "
                "requests counts the gateway's audit records written during the measurement (a decision "
-               "and a completion per request: about 2). When the client core is near 100 % the test is "
+               "and a completion per request: about 2). TCP accepts ÷ requests: connections accepted on the "
+               "machine during the measurement (all processes) per request; about 1 in the handshake test "
+               "shows that every request paid for a new connection. When the client core is near 100 % the test is "
                "client-bound (typically big and handshake): compare proxy CPU per request, not req/s or MB/s.")
     print("\n".join(out))
 

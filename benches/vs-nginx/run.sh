@@ -222,6 +222,10 @@ audit_records() { # dir -> lines in all trail segments
   cat "${files[@]}" | wc -l
 }
 
+passive_opens() { # TCP connections accepted so far in this network namespace (all processes)
+  awk '$1 == "Tcp:" && $2 ~ /^[0-9]+$/ {print $7}' /proc/net/snmp
+}
+
 emit() { # round test target metric value
   printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"
 }
@@ -253,7 +257,7 @@ write_configs() {
   local name conns
   for name in origin nginx nginx-tls nginx-idle; do
     case $name in
-      origin) conns=32768 ;;
+      origin) conns=$((IDLE_CONNS + 4096)) ;;
       nginx-idle) conns=$((IDLE_CONNS + 4096)) ;;
       *) conns=1024 ;;
     esac
@@ -422,7 +426,8 @@ measure() { # round test target
   local pid=${PIDS[${PROC[$target]}]} opid=${PIDS[origin]} audit=${AUDIT[$target]:-}
   local a0=0 a1=0 out rc=0
   [[ -n $audit ]] && a0=$(audit_records "$audit")
-  local t0 o0 c0 k0 t1 o1 c1 k1
+  local t0 o0 c0 k0 t1 o1 c1 k1 n0 n1
+  n0=$(passive_opens)
   t0=$(cpu_ticks "$pid")
   o0=$(cpu_ticks "$opid")
   c0=$(core_ticks "$SERVER_CPU")
@@ -433,6 +438,7 @@ measure() { # round test target
   o1=$(cpu_ticks "$opid")
   c1=$(core_ticks "$SERVER_CPU")
   k1=$(core_ticks "$CLIENT_CPU")
+  n1=$(passive_opens)
   printf '%s\n' "$out" >"$RAW/r$round-$test-$target.txt"
   if [[ -n $audit ]]; then
     sleep 0.5 # group durability: the writer flushes within milliseconds
@@ -456,6 +462,7 @@ measure() { # round test target
   for m in requests bytes non2xx p50_us p99_us max_us connect read write timeout; do emit "$round" "$test" "$target" "$m" "${r[$m]}"; done
   emit "$round" "$test" "$target" secs "$secs"
   emit "$round" "$test" "$target" socket_errors "$errors"
+  emit "$round" "$test" "$target" tcp_accepted $((n1 - n0))
   emit "$round" "$test" "$target" proxy_cpu_s "$(awk -v a="$t0" -v b="$t1" -v t="$CLK_TCK" 'BEGIN{printf "%.2f", (b - a) / t}')"
   emit "$round" "$test" "$target" origin_cpu_s "$(awk -v a="$o0" -v b="$o1" -v t="$CLK_TCK" 'BEGIN{printf "%.2f", (b - a) / t}')"
   local busy0 tot0 st0 busy1 tot1 st1
@@ -552,6 +559,9 @@ main() {
   hard=$(ulimit -Hn)
   if [[ $hard != unlimited ]] && ((hard < NOFILE)); then ulimit -Hn "$NOFILE" 2>/dev/null || NOFILE=$hard; fi
   ulimit -Sn "$NOFILE"
+  if [[ " $TESTS " == *" idle "* ]] && ((NOFILE < IDLE_CONNS + 512)); then
+    die "open-file limit $NOFILE (hard limit $(ulimit -Hn)) is too low for IDLE_CONNS=$IDLE_CONNS; lower IDLE_CONNS or raise the hard limit"
+  fi
   if [[ " $TESTS " == *" idle "* ]] && ((NOFILE < 2 * IDLE_CONNS + 1024)); then
     log "note: open-file limit is $NOFILE (hard limit $(ulimit -Hn)); a proxy that holds an upstream connection per idle client needs $((2 * IDLE_CONNS + 1024))"
   fi

@@ -1,5 +1,6 @@
-//! The admin listener: liveness and readiness for orchestrators and load balancers, and the
-//! exceptions API for CDAO approvers. It never serves workspace traffic and never shows
+//! The admin listener: liveness and readiness for orchestrators and load balancers,
+//! Prometheus metrics, configuration reload for operators, and the exceptions API for CDAO
+//! approvers. It never serves workspace traffic and never shows
 //! configuration or secrets. TLS with the data listener's certificate when one is set.
 
 mod exceptions;
@@ -92,6 +93,17 @@ async fn route(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readiness(&admin.current.load_full()),
+        // Counts and latencies only: no principal, path or secret is a label.
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(
+                admin.current.load().render_metrics(),
+            )));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

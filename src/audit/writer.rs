@@ -56,13 +56,18 @@ struct SharedState {
     queued: AtomicU64,
     fsyncs: AtomicU64,
     fsync_micros: AtomicU64,
+    /// Where fsync latencies also go, once the gateway has its metrics.
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl SharedState {
     fn observe_fsync(&self, took: Duration) {
+        let micros = took.as_micros() as u64;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.fsync_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.fsync_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(m) = self.metrics.get() {
+            m.audit_fsync().observe_us(micros);
+        }
     }
 }
 
@@ -181,6 +186,11 @@ impl AuditSink {
                 TrySendError::Disconnected(_) => AuditError::Stopped,
             }
         })
+    }
+
+    /// From now on fsync latencies are also observed in `metrics` (the first call wins).
+    pub fn report_to(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.state.metrics.set(metrics);
     }
 
     /// Records waiting for the writer thread.

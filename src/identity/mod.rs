@@ -146,8 +146,7 @@ pub struct Verifier {
     cache: DashMap<[u8; 32], CachedIdentity>,
     cache_limit: usize,
     evictions: AtomicU64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 const ACCEPTED: &[Algorithm] = &[
@@ -170,18 +169,20 @@ impl Verifier {
             cache: DashMap::new(),
             cache_limit,
             evictions: AtomicU64::new(0),
-            cache_hits: AtomicU64::new(0),
-            cache_misses: AtomicU64::new(0),
+            metrics: None,
         }
     }
 
-    /// Verified-token cache hits and misses since this verifier was built (a reload builds a
-    /// new one).
-    pub fn cache_counts(&self) -> (u64, u64) {
-        (
-            self.cache_hits.load(Ordering::Relaxed),
-            self.cache_misses.load(Ordering::Relaxed),
-        )
+    /// Counts verified-token cache hits and misses in `metrics`.
+    pub fn counting_in(mut self, metrics: Arc<crate::metrics::Metrics>) -> Verifier {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_cache(&self, hit: bool) {
+        if let Some(m) = &self.metrics {
+            m.token_cache(hit);
+        }
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
@@ -196,11 +197,11 @@ impl Verifier {
         let generation = self.keys.generation();
         if let Some(hit) = self.cache.get(&digest) {
             if hit.expires_at > now && hit.key_generation == generation {
-                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.count_cache(true);
                 return Ok(hit.principal.clone());
             }
         }
-        self.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.count_cache(false);
         let (principal, expires_at) = self.verify(token)?;
         let principal = Arc::new(principal);
         self.remember(digest, principal.clone(), expires_at, generation, now);

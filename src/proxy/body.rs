@@ -19,6 +19,7 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
 /// also covers a client that goes away mid-response and a handler that is cancelled.
 pub struct Completion {
     sink: Arc<AuditSink>,
+    metrics: Arc<crate::metrics::Metrics>,
     gateway: Arc<str>,
     request_id: String,
     exchange: String,
@@ -36,6 +37,7 @@ pub struct Completion {
 impl Completion {
     pub fn new(
         sink: Arc<AuditSink>,
+        metrics: Arc<crate::metrics::Metrics>,
         gateway: Arc<str>,
         request_id: String,
         exchange: String,
@@ -43,6 +45,7 @@ impl Completion {
     ) -> Completion {
         Completion {
             sink,
+            metrics,
             gateway,
             request_id,
             exchange,
@@ -63,6 +66,8 @@ impl Completion {
             return;
         }
         self.done = true;
+        let duration_us = self.started.elapsed().as_micros() as u64;
+        self.metrics.request_duration().observe_us(duration_us);
         let ts = timestamp(SystemTime::now());
         let record = CompletionRecord {
             ts: &ts,
@@ -73,7 +78,7 @@ impl Completion {
             status: self.status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out,
-            duration_us: self.started.elapsed().as_micros() as u64,
+            duration_us,
             upstream_us: self.upstream_us,
             error: self.error,
             upstream_error: self.upstream_error.as_deref(),

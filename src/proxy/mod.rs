@@ -8,6 +8,7 @@
 pub mod body;
 pub mod framing;
 pub mod headers;
+pub mod pipeline;
 pub mod respond;
 pub mod s3;
 pub mod server;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -34,6 +35,7 @@ use crate::classify::body::{inspect, BodyVerdict};
 use crate::classify::{self, Action, Asset, BodyCheck, Classification, NormalizedPath};
 use crate::config::Config;
 use crate::identity::{IdentityError, KeyStore, Principal, Verifier};
+use crate::metrics::UpstreamError;
 use crate::policy::{self, Decision, Effect, RuleId, Rules};
 use crate::route::{host_of, Route, RouteTable, Workspace};
 
@@ -58,24 +60,34 @@ pub(crate) struct S3Gateway {
 }
 
 /// A workspace's upstream clients: pooled (h2 where the upstream offers it) and, for
-/// protocol upgrades, HTTP/1.1 only.
+/// protocol upgrades, HTTP/1.1 only. A plain-HTTP upstream (a sidecar or a private endpoint;
+/// Databricks itself speaks h2 over TLS) also gets a pipeline: bodiless GET and HEAD share a
+/// few busy connections instead of one connection per client request, which is what lets the
+/// gateway cost less than a plain proxy.
 struct UpstreamClients {
     pooled: UpstreamClient,
     upgrade: UpstreamClient,
+    pipeline: Option<pipeline::Pipeline>,
 }
 
 /// What outlives a configuration: every gateway built by a reload shares it, so rate-limit
 /// buckets are not refilled by a reload.
 pub struct Shared {
     pub limiter: crate::limits::RateLimiter,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Open client connections on the data listener.
     open_connections: AtomicUsize,
-    /// Connections closed at once because `max_connections` were open.
-    refused_connections: AtomicU64,
+    /// Unix seconds when the configuration in force was loaded.
+    pub config_loaded_unix: AtomicU64,
+    pub reloads_applied: AtomicU64,
+    pub reloads_refused: AtomicU64,
 }
 
 /// One open client connection; dropping it frees the slot.
-pub struct ConnectionSlot(Arc<Shared>);
+pub struct ConnectionSlot(
+    Arc<Shared>,
+    #[allow(dead_code)] crate::metrics::ConnectionGuard,
+);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
@@ -87,8 +99,11 @@ impl Shared {
     pub fn new(config: &Config) -> Arc<Shared> {
         Arc::new(Shared {
             limiter: crate::limits::RateLimiter::new(&config.limits),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             open_connections: AtomicUsize::new(0),
-            refused_connections: AtomicU64::new(0),
+            config_loaded_unix: AtomicU64::new(crate::identity::unix_now()),
+            reloads_applied: AtomicU64::new(0),
+            reloads_refused: AtomicU64::new(0),
         })
     }
 
@@ -101,23 +116,20 @@ impl Shared {
             })
             .is_ok();
         if !admitted {
-            self.refused_connections.fetch_add(1, Ordering::Relaxed);
+            self.metrics.connection_refused();
             return None;
         }
-        Some(ConnectionSlot(self.clone()))
-    }
-
-    pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
-    }
-
-    pub fn refused_connections(&self) -> u64 {
-        self.refused_connections.load(Ordering::Relaxed)
+        Some(ConnectionSlot(
+            self.clone(),
+            self.metrics.connection_opened(),
+        ))
     }
 
     /// A reload took `config`: its rates apply from now on.
     pub fn reconfigure(&self, config: &Config) {
         self.limiter.configure(&config.limits);
+        self.config_loaded_unix
+            .store(crate::identity::unix_now(), Ordering::Relaxed);
     }
 }
 
@@ -139,6 +151,8 @@ pub struct Gateway {
     s3: Option<S3Gateway>,
     shared: Arc<Shared>,
     limits: crate::config::LimitsConfig,
+    /// Workspace names and their metric ids, in configuration order (`Workspace::client`).
+    workspace_ids: Vec<(String, u16)>,
 }
 
 impl Gateway {
@@ -167,9 +181,22 @@ impl Gateway {
                     .timer(TokioTimer::new())
                     .build(connector))
             };
+            let pipeline = (config.server.upstream_pipelining
+                && w.upstream.scheme == crate::config::Scheme::Http)
+                .then(|| {
+                    pipeline::Pipeline::new(
+                        w.upstream.authority_with_port(),
+                        pipeline::PipelineConfig {
+                            connect_timeout: config.server.connect_timeout,
+                            idle_timeout: config.server.idle_timeout,
+                            ..pipeline::PipelineConfig::default()
+                        },
+                    )
+                });
             clients.push(UpstreamClients {
                 pooled: build(true)?,
                 upgrade: build(false)?,
+                pipeline,
             });
         }
         let s3 = match &config.s3 {
@@ -198,7 +225,8 @@ impl Gateway {
             gateway_id: Arc::from(config.server.gateway_id.as_str()),
             routes: RouteTable::from_config(config),
             rules: Rules::from_config(config),
-            verifier: Verifier::new(config.identity.clone(), keys),
+            verifier: Verifier::new(config.identity.clone(), keys)
+                .counting_in(shared.metrics.clone()),
             audit,
             clients,
             upstream_timeout: config.server.upstream_timeout,
@@ -207,6 +235,11 @@ impl Gateway {
             request_ids: RequestIds::new(),
             stopping,
             s3,
+            workspace_ids: config
+                .workspaces
+                .iter()
+                .map(|w| (w.name.clone(), shared.metrics.workspace_id(&w.name)))
+                .collect(),
             shared,
             limits: config.limits.clone(),
         })
@@ -214,6 +247,28 @@ impl Gateway {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Exceptions in force now.
+    pub fn live_exceptions(&self) -> usize {
+        self.exceptions.load().len()
+    }
+
+    /// The metrics in Prometheus text: counters from the data path, gauges sampled now.
+    pub fn render_metrics(&self) -> String {
+        let keys = self.verifier.keys();
+        let shared = &self.shared;
+        let gauges = crate::metrics::Gauges {
+            audit_queue_depth: self.audit.queue_depth(),
+            audit_healthy: self.audit.is_healthy(),
+            jwks_age_seconds: keys.age_secs().map(|s| s as f64),
+            jwks_refresh_failures: keys.refresh_failures(),
+            live_exceptions: self.live_exceptions() as u64,
+            config_loaded_unix: shared.config_loaded_unix.load(Ordering::Relaxed),
+            reloads_ok: shared.reloads_applied.load(Ordering::Relaxed),
+            reloads_failed: shared.reloads_refused.load(Ordering::Relaxed),
+        };
+        shared.metrics.render(&gauges)
     }
 
     /// Open client connections allowed on the data listener.
@@ -347,12 +402,43 @@ impl Exchange<'_> {
             credential: credential.as_ref(),
             decision,
         };
-        self.gw.audit.record_decision(record.to_json()).await
+        let written = self.gw.audit.record_decision(record.to_json()).await;
+        if written.is_ok() {
+            self.count(decision);
+        }
+        written
+    }
+
+    /// Counts the decision in the metrics: atomics only, labels are static strings and a
+    /// workspace id looked up by index (or, for S3, among a handful of names).
+    fn count(&self, decision: &Decision) {
+        let workspace = match (&self.workspace, &self.s3) {
+            (Some(w), _) => self.gw.workspace_ids.get(w.client).map_or(0, |(_, id)| *id),
+            (None, Some(s3)) => s3.workspace.as_deref().map_or(0, |name| {
+                self.gw
+                    .workspace_ids
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(0, |(_, id)| *id)
+            }),
+            (None, None) => 0,
+        };
+        let outcome = if decision.would_deny.is_some() {
+            "report_only"
+        } else {
+            decision.effect.as_str()
+        };
+        let category = self.action.map_or("-", |a| a.category.as_str());
+        self.gw
+            .shared
+            .metrics
+            .count_request(workspace, category, outcome, decision.rule);
     }
 
     fn completion(&self) -> Completion {
         Completion::new(
             self.gw.audit.clone(),
+            self.gw.shared.metrics.clone(),
             self.gw.gateway_id.clone(),
             self.request_id_str().to_owned(),
             self.exchange.clone(),
@@ -406,6 +492,7 @@ impl Exchange<'_> {
             .check(&principal.id, self.started)
             .err()?;
         let secs = crate::limits::retry_after_secs(wait);
+        self.gw.shared.metrics.rate_limited();
         let reason = format!(
             "{} is over its request rate ({} per second, burst {}); retry after {secs} s",
             principal.id,
@@ -424,6 +511,7 @@ impl Exchange<'_> {
     }
 
     fn unrecordable(&self, e: crate::audit::AuditError) -> Response<ProxyBody> {
+        self.count(&Decision::deny("audit.unavailable", ""));
         tracing::error!(request_id = self.request_id_str(), error = %e, "request refused: the audit trail cannot take its record");
         refusal_response_in(
             self.dialect,
@@ -1011,6 +1099,41 @@ fn carries_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// What kind of upstream failure a pooled-client error is, for the metrics.
+pub(crate) fn client_error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() {
+        // The connector wraps TLS failures too; its message says which.
+        let text = format!("{e:?}");
+        if text.contains("Tls") || text.contains("certificate") || text.contains("handshake") {
+            UpstreamError::Tls
+        } else {
+            UpstreamError::Connect
+        }
+    } else {
+        UpstreamError::Protocol
+    }
+}
+
+fn pipeline_error_kind(e: &pipeline::PipelineError) -> UpstreamError {
+    use pipeline::PipelineError as P;
+    match e {
+        P::Connect(_) => UpstreamError::Connect,
+        P::Timeout => UpstreamError::Timeout,
+        P::Closed | P::Io(_) | P::Incomplete => UpstreamError::Reset,
+        P::Malformed(_) => UpstreamError::Protocol,
+        _ => UpstreamError::Other,
+    }
+}
+
+/// Whether a request may share a pipelined upstream connection: idempotent and bodiless,
+/// so it can be retried if the connection dies before its answer.
+fn pipelinable<B>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && !req.headers().contains_key(header::CONTENT_LENGTH)
+        && !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && !req.headers().contains_key(header::EXPECT)
+}
+
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
 fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
@@ -1058,21 +1181,60 @@ async fn forward(
     open_on_continue(&mut upstream_req, &gate);
 
     let clients = &x.gw.clients[workspace.client];
-    let client = if upgrade {
-        &clients.upgrade
-    } else {
-        &clients.pooled
-    };
+    let pipeline = clients
+        .pipeline
+        .as_ref()
+        .filter(|_| !upgrade && pipelinable(&upstream_req));
     let sent = Instant::now();
-    let result = tokio::time::timeout(x.gw.upstream_timeout, client.request(upstream_req)).await;
+    let result = match pipeline {
+        Some(pipeline) => {
+            let (mut parts, body) = upstream_req.into_parts();
+            drop(body);
+            // Origin-form on the wire, and the Host the upstream expects.
+            if let Some(pq) = parts.uri.path_and_query().cloned() {
+                parts.uri = Uri::from(pq);
+            }
+            if let Ok(host) = HeaderValue::from_str(&workspace.upstream.authority) {
+                parts.headers.insert(header::HOST, host);
+            }
+            tokio::time::timeout(
+                x.gw.upstream_timeout,
+                pipeline.send(Request::from_parts(parts, ())),
+            )
+            .await
+            .map(|r| {
+                r.map(|r| r.map(Either::Right))
+                    .map_err(|e| (pipeline_error_kind(&e), e.to_string()))
+            })
+        }
+        None => {
+            let client = if upgrade {
+                &clients.upgrade
+            } else {
+                &clients.pooled
+            };
+            tokio::time::timeout(x.gw.upstream_timeout, client.request(upstream_req))
+                .await
+                .map(|r| {
+                    r.map(|r| r.map(Either::Left))
+                        .map_err(|e| (client_error_kind(&e), e.to_string()))
+                })
+        }
+    };
     if let Some(gate) = &gate {
         gate.abort_if_closed();
     }
     let mut completion = completion;
-    completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
+    let upstream_us = sent.elapsed().as_micros() as u64;
+    completion.upstream_us = Some(upstream_us);
+    let metrics = &x.gw.shared.metrics;
     let mut response = match result {
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => {
+            metrics.upstream_duration().observe_us(upstream_us);
+            r
+        }
         Err(_) => {
+            metrics.upstream_error(UpstreamError::Timeout);
             tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, "upstream did not answer in time");
             completion.error = Some("the upstream did not answer in time");
             let response = refusal_response(
@@ -1084,7 +1246,8 @@ async fn forward(
             completion.status = response.status().as_u16();
             return response;
         }
-        Ok(Err(e)) => {
+        Ok(Err((kind, e))) => {
+            metrics.upstream_error(kind);
             tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, error = %e, "upstream request failed");
             completion.error = Some("the upstream could not be reached or failed");
             let response = refusal_response(

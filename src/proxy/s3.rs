@@ -283,7 +283,14 @@ async fn decide_and_forward(
         gate.abort_if_closed();
     }
     let mut completion = completion;
-    completion.upstream_us = Some(sent.elapsed().as_micros() as u64);
+    let upstream_us = sent.elapsed().as_micros() as u64;
+    completion.upstream_us = Some(upstream_us);
+    let metrics = &x.gw.shared().metrics;
+    match &result {
+        Ok(Ok(_)) => metrics.upstream_duration().observe_us(upstream_us),
+        Ok(Err(e)) => metrics.upstream_error(super::client_error_kind(e)),
+        Err(_) => metrics.upstream_error(crate::metrics::UpstreamError::Timeout),
+    }
     let response = match result {
         Ok(Ok(r)) => r,
         Ok(Err(_)) | Err(_) => {

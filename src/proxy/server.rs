@@ -69,6 +69,7 @@ async fn start_with(
     let stopping = Stopping::new(rx.clone(), config.server.shutdown_grace);
     let exceptions = crate::exceptions::no_exceptions();
     let shared = Shared::new(config);
+    audit.report_to(shared.metrics.clone());
     let gateway = Arc::new(Gateway::new(
         config,
         keys.clone(),
@@ -274,6 +275,10 @@ impl Reloader {
                     service.set_limits(crate::exceptions::service::limits(&new, e));
                 }
                 gateway.shared().reconfigure(&new);
+                gateway
+                    .shared()
+                    .reloads_applied
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.current.store(Arc::new(gateway));
                 let record = crate::audit::config_event(&new, "reload", &[], &needs_restart, by);
                 state.config = new;
@@ -288,6 +293,11 @@ impl Reloader {
                 )
             }
             Err(errors) => {
+                self.current
+                    .load()
+                    .shared()
+                    .reloads_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let record = crate::audit::config_event(&state.config, "reload", &errors, &[], by);
                 (
                     ReloadOutcome {
