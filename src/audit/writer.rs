@@ -9,11 +9,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TrySendError};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use super::digest::{self, Reason, Signer};
@@ -36,11 +37,23 @@ pub enum AuditError {
 struct Entry {
     body: Vec<u8>,
     ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    /// Acknowledge only once fsynced, whatever the durability mode.
+    fsync: bool,
+}
+
+impl Entry {
+    fn unacknowledged(body: Vec<u8>) -> Entry {
+        Entry {
+            body,
+            ack: None,
+            fsync: false,
+        }
+    }
 }
 
 /// The request path's handle on the trail. Cheap to share behind an `Arc`.
 pub struct AuditSink {
-    tx: mpsc::SyncSender<Entry>,
+    tx: tokio::sync::mpsc::Sender<Entry>,
     durability: Durability,
     state: Arc<SharedState>,
 }
@@ -73,16 +86,16 @@ impl SharedState {
 
 /// Joins the writer thread once every sink is dropped and the queue is drained.
 pub struct AuditWriterHandle {
-    thread: Option<std::thread::JoinHandle<()>>,
+    done: mpsc::Receiver<()>,
 }
 
 impl AuditWriterHandle {
     /// Waits until the writer has flushed everything queued before the last sink was dropped,
-    /// written its stop record and closed its segment with a digest.
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// written its stop record and closed its segment with a digest. Blocks: call it off the
+    /// runtime (`spawn_blocking`), which the writer may be running on.
+    pub fn join(self) {
+        // An error means the writer is gone without saying so (its runtime was dropped).
+        let _ = self.done.recv();
     }
 }
 
@@ -102,7 +115,7 @@ impl AuditSink {
         };
         let lock = lock_trail(&config.dir, gateway_id)?;
         let opened = open_trail(&config.dir, gateway_id, signer.as_ref())?;
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+        let (tx, rx) = tokio::sync::mpsc::channel(config.queue_capacity.max(1));
         let state = Arc::new(SharedState {
             healthy: AtomicBool::new(true),
             ..Default::default()
@@ -126,52 +139,81 @@ impl AuditSink {
             _lock: lock,
             syncer: match config.durability {
                 Durability::Group => Some(
-                    Syncer::start(state.clone()).map_err(|e| AuditError::Open(e.to_string()))?,
+                    Syncer::start(state.clone(), GROUP_FSYNC_INTERVAL)
+                        .map_err(|e| AuditError::Open(e.to_string()))?,
                 ),
-                _ => None,
+                // `none` fsyncs only records that ask for it (exception changes).
+                Durability::Every | Durability::None => Some(
+                    Syncer::start(state.clone(), Duration::ZERO)
+                        .map_err(|e| AuditError::Open(e.to_string()))?,
+                ),
             },
         };
-        let thread = std::thread::Builder::new()
-            .name("gatehouse-audit".to_owned())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| AuditError::Open(e.to_string()))?;
+        // On the caller's runtime when there is one: handing a record over and acknowledging
+        // it are then wakeups within one thread, not two context switches per record between
+        // threads (measured: they cost more than everything else the gateway does). Appends
+        // to the page cache take microseconds; fsyncs run on the syncer thread.
+        let (done_tx, done) = mpsc::channel();
+        let run = async move {
+            writer.run(rx).await;
+            let _ = done_tx.send(());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(run);
+            }
+            Err(_) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| AuditError::Open(e.to_string()))?;
+                std::thread::Builder::new()
+                    .name("gatehouse-audit".to_owned())
+                    .spawn(move || runtime.block_on(run))
+                    .map_err(|e| AuditError::Open(e.to_string()))?;
+            }
+        }
         Ok((
             Arc::new(AuditSink {
                 tx,
                 durability: config.durability,
                 state,
             }),
-            AuditWriterHandle {
-                thread: Some(thread),
-            },
+            AuditWriterHandle { done },
         ))
     }
 
     /// Hands over a decision record and, unless durability is `none`, waits until it is in
-    /// the file (and fsynced, for `every` and `group`). An error means: do not forward.
+    /// the file (and fsynced, for `every`). An error means: do not forward.
     pub async fn record_decision(&self, body: Vec<u8>) -> Result<(), AuditError> {
         // With `none` nobody waits for the write, except after a failure: then each request
         // waits for its own record, so nothing is forwarded unrecorded and the first write
         // that succeeds again restores the fast path.
         if self.durability == Durability::None && self.state.healthy.load(Ordering::Acquire) {
-            return self.enqueue(Entry { body, ack: None });
+            return self.enqueue(Entry::unacknowledged(body));
         }
-        self.record_durably(body).await
+        self.record_acknowledged(body, false).await
     }
 
     /// Hands over a record about the gateway itself (a configuration load) without waiting.
     /// If the trail cannot take it now, it is kept and written first when it can.
     pub fn record_event(&self, body: Vec<u8>) -> Result<(), AuditError> {
-        self.enqueue(Entry { body, ack: None })
+        self.enqueue(Entry::unacknowledged(body))
     }
 
     /// Hands over a record and waits until it is written and fsynced, whatever the durability
     /// mode: for changes that must be on disk before they take effect (exception approvals).
     pub async fn record_durably(&self, body: Vec<u8>) -> Result<(), AuditError> {
+        self.record_acknowledged(body, true).await
+    }
+
+    /// Waits until the record is written, and fsynced if `fsync` or the mode says so.
+    async fn record_acknowledged(&self, body: Vec<u8>, fsync: bool) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.enqueue(Entry {
             body,
             ack: Some(ack),
+            fsync,
         })?;
         done.await.map_err(|_| AuditError::Stopped)?.map(|_| ())
     }
@@ -183,7 +225,7 @@ impl AuditSink {
             self.state.queued.fetch_sub(1, Ordering::Relaxed);
             match e {
                 TrySendError::Full(_) => AuditError::QueueFull,
-                TrySendError::Disconnected(_) => AuditError::Stopped,
+                TrySendError::Closed(_) => AuditError::Stopped,
             }
         })
     }
@@ -209,7 +251,7 @@ impl AuditSink {
     /// Hands over a completion record without waiting. The request has already been
     /// forwarded, so a full queue can only be counted and logged.
     pub fn record_completion(&self, body: Vec<u8>) {
-        if self.enqueue(Entry { body, ack: None }).is_err() {
+        if self.enqueue(Entry::unacknowledged(body)).is_err() {
             self.state
                 .dropped_completions
                 .fetch_add(1, Ordering::Relaxed);
@@ -555,41 +597,69 @@ struct Writer {
 /// take from the trail.
 pub const GROUP_FSYNC_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The background fsync of `group` mode: the writer hands it the segment after each write;
-/// it fsyncs the newest one it was handed, then rests until the interval is over, so writes
-/// (and the requests waiting on them) never wait for the disk.
+/// The fsync thread, so the writer (on the request runtime) never waits for the disk.
+/// `group`: the writer hands it the segment after each write; it fsyncs the newest one, then
+/// rests until the interval is over. `every`: it also gets the batch's acknowledgements and
+/// sends them once the fsync that covers their records has returned.
 struct Syncer {
-    tx: mpsc::SyncSender<Arc<File>>,
+    tx: mpsc::Sender<SyncJob>,
+}
+
+type Ack = (oneshot::Sender<Result<u64, AuditError>>, u64);
+
+struct SyncJob {
+    file: Arc<File>,
+    acks: Vec<Ack>,
 }
 
 impl Syncer {
-    fn start(state: Arc<SharedState>) -> std::io::Result<Syncer> {
-        let (tx, rx) = mpsc::sync_channel::<Arc<File>>(1);
+    fn start(state: Arc<SharedState>, rest: Duration) -> std::io::Result<Syncer> {
+        let (tx, rx) = mpsc::channel::<SyncJob>();
         std::thread::Builder::new()
             .name("gatehouse-audit-sync".to_owned())
             .spawn(move || {
-                while let Ok(mut file) = rx.recv() {
-                    // Only the newest matters: an older segment was fsynced when it closed.
+                while let Ok(SyncJob { mut file, mut acks }) = rx.recv() {
+                    // One fsync of the newest segment covers every job queued: an older
+                    // segment was fsynced when it was closed, before the newer one took a write.
                     while let Ok(newer) = rx.try_recv() {
-                        file = newer;
+                        file = newer.file;
+                        acks.extend(newer.acks);
                     }
                     let started = Instant::now();
                     let result = file.sync_data();
                     drop(file);
                     state.observe_fsync(started.elapsed());
-                    if let Err(e) = result {
-                        state.failed_writes.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "audit trail fsync failed");
+                    match result {
+                        Ok(()) => {
+                            for (ack, seq) in acks {
+                                let _ = ack.send(Ok(seq));
+                            }
+                        }
+                        Err(e) => {
+                            state.healthy.store(false, Ordering::Release);
+                            state.failed_writes.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, "audit trail fsync failed");
+                            for (ack, _) in acks {
+                                let _ = ack.send(Err(AuditError::WriteFailed));
+                            }
+                        }
                     }
-                    std::thread::sleep(GROUP_FSYNC_INTERVAL.saturating_sub(started.elapsed()));
+                    std::thread::sleep(rest.saturating_sub(started.elapsed()));
                 }
             })?;
         Ok(Syncer { tx })
     }
 
-    /// Asks for an fsync of `file`; one already asked for covers this write too.
-    fn poke(&self, file: &Arc<File>) {
-        let _ = self.tx.try_send(file.clone());
+    /// Asks for an fsync of `file`, with the acknowledgements to send once it is done.
+    fn submit(&self, file: &Arc<File>, acks: Vec<Ack>) {
+        if let Err(mpsc::SendError(job)) = self.tx.send(SyncJob {
+            file: file.clone(),
+            acks,
+        }) {
+            for (ack, _) in job.acks {
+                let _ = ack.send(Err(AuditError::Stopped));
+            }
+        }
     }
 }
 
@@ -610,42 +680,31 @@ impl Writer {
             "continues_after_seq": if phase == "start" { serde_json::json!(self.resumed_after) } else { serde_json::Value::Null },
             "new_trail": phase == "start" && self.resumed_after.is_none(),
         });
-        Entry {
-            body: body.to_string().into_bytes(),
-            ack: None,
-        }
+        Entry::unacknowledged(body.to_string().into_bytes())
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Entry>) {
+    async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Entry>) {
         let mut batch: Vec<Entry> = Vec::with_capacity(MAX_BATCH);
         batch.push(self.lifecycle("start"));
         self.write_batch(&mut batch);
-        // `every` too takes whatever is queued as one batch with one fsync (group commit):
-        // each request still waits until its own record is on disk.
-        let max = MAX_BATCH;
         loop {
-            match rx.recv_timeout(self.until_due()) {
-                Ok(first) => {
-                    batch.push(first);
-                    while batch.len() < max {
-                        match rx.try_recv() {
-                            Ok(e) => batch.push(e),
-                            Err(_) => break,
-                        }
-                    }
-                    self.state
-                        .queued
-                        .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            // Everything queued at this moment is one batch: one write, and in `every` mode
+            // one fsync that covers each of its records (group commit).
+            match tokio::time::timeout(self.until_due(), rx.recv_many(&mut batch, MAX_BATCH)).await
+            {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.state.queued.fetch_sub(n as u64, Ordering::Relaxed);
                     self.write_batch(&mut batch);
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(_) => {}
             }
             self.on_clock();
         }
         batch.push(self.lifecycle("stop"));
         self.write_batch(&mut batch);
         self.close_segment(Reason::Stop);
+        self.syncer = None;
         self.state.stopped.store(true, Ordering::Release);
     }
 
@@ -690,7 +749,7 @@ impl Writer {
             return;
         }
         if !self.owed.is_empty() {
-            let owed = self.owed.drain(..).map(|body| Entry { body, ack: None });
+            let owed = self.owed.drain(..).map(Entry::unacknowledged);
             batch.splice(0..0, owed);
         }
         self.buf.clear();
@@ -701,16 +760,11 @@ impl Writer {
         }
         // Digests owed from earlier go first: no record is accepted while the digest log
         // cannot be written.
-        let started = Instant::now();
         let result = self
             .digests
             .flush()
             .map_err(|e| (self.digests.path.clone(), e))
             .and_then(|()| self.append_to_segment());
-        if self.durability == Durability::Every && result.is_ok() {
-            // The write is microseconds; what this measures is the fsync.
-            self.state.observe_fsync(started.elapsed());
-        }
         match result {
             Ok(()) => {
                 let now = SystemTime::now();
@@ -721,18 +775,28 @@ impl Writer {
                 segment.first_written.get_or_insert(now);
                 segment.last_written = Some(now);
                 segment.last_hash = hash;
-                if let (Some(syncer), Some(file)) = (&self.syncer, &segment.file) {
-                    syncer.poke(file);
-                }
                 self.next_seq += batch.len() as u64;
                 self.last_hash = hash;
                 self.state.healthy.store(true, Ordering::Release);
                 self.state
                     .written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                // Acknowledged now once written, or by the syncer once on disk (`every`, and
+                // records that ask for it).
+                let every = self.durability == Durability::Every;
+                let mut after_fsync = Vec::new();
                 for (i, entry) in batch.drain(..).enumerate() {
-                    if let Some(ack) = entry.ack {
-                        let _ = ack.send(Ok(first_seq + i as u64));
+                    let Some(ack) = entry.ack else { continue };
+                    let seq = first_seq + i as u64;
+                    if every || entry.fsync {
+                        after_fsync.push((ack, seq));
+                    } else {
+                        let _ = ack.send(Ok(seq));
+                    }
+                }
+                if let (Some(syncer), Some(file)) = (&self.syncer, &segment.file) {
+                    if !after_fsync.is_empty() || self.durability == Durability::Group {
+                        syncer.submit(file, after_fsync);
                     }
                 }
                 if segment.bytes >= self.max_bytes {
@@ -783,7 +847,7 @@ impl Writer {
             &segment.path,
             segment.bytes,
             &self.buf,
-            self.durability == Durability::Every,
+            false,
         )
         .map_err(|e| (segment.path.clone(), e))
     }
@@ -893,6 +957,15 @@ mod tests {
             }
             assert!(synced, "{durability:?}: never fsynced");
             assert_eq!(sink.queue_depth(), 0);
+            // A record that must be on disk (an exception change) waits for its fsync.
+            let before = sink.fsync_totals().0;
+            sink.record_durably(br#"{"phase":"exception"}"#.to_vec())
+                .await
+                .unwrap();
+            assert!(
+                sink.fsync_totals().0 > before,
+                "{durability:?}: durable record not fsynced"
+            );
             close(sink, handle).await;
         }
     }
