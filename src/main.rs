@@ -271,7 +271,9 @@ fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // rustls warns on every handshake whose SNI is an IP address: a client could flood
+        // the log with it, and it tells an operator nothing to act on.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
