@@ -1373,3 +1373,47 @@ async fn metrics_count_what_the_gateway_did() {
     // Nothing secret or personal is a label.
     assert!(!text.contains(&sp) && !text.contains("sp-aiml-prod"));
 }
+
+/// A reload does not cut an open HTTP/2 connection: the stream in flight finishes on the
+/// configuration it started with, the connection is told to go away (GOAWAY), and the
+/// client's next request, on a new connection, is decided by the new configuration.
+#[tokio::test]
+async fn an_open_h2_connection_finishes_on_its_configuration_and_the_next_request_gets_the_new_one()
+{
+    let h = Harness::start().await;
+    let alice = h.alice();
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, true).unwrap();
+    let get = |path: &str| {
+        http::Request::get(h.url(ANALYTICS_HOST, path))
+            .header("authorization", format!("Bearer {alice}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let first = client.request(get("/api/2.1/clusters/list")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    let slow = tokio::spawn(client.request(get("/static/slow?ms=1500")));
+    while !h
+        .standin
+        .seen()
+        .iter()
+        .any(|r| r.path.starts_with("/static/slow"))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let path = &h.fixture.config_path;
+    let stricter = std::fs::read_to_string(path).unwrap().replace(
+        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
+        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
+    );
+    std::fs::write(path, &stricter).unwrap();
+    assert!(h.running().reload().applied);
+
+    let slow = slow
+        .await
+        .unwrap()
+        .expect("the stream in flight was not cut");
+    assert_eq!(slow.status(), StatusCode::OK);
+    let next = client.request(get("/api/2.1/clusters/list")).await.unwrap();
+    assert_eq!(next.status(), StatusCode::FORBIDDEN);
+}

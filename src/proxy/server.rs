@@ -11,7 +11,6 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -119,8 +118,10 @@ async fn start_with(
         idle_timeout: config.server.idle_timeout,
         grace: config.server.shutdown_grace,
     };
+    let (reloaded, reloaded_rx) = watch::channel(0u64);
     let reloader = Arc::new(Reloader {
         current: current.clone(),
+        reloaded,
         state: std::sync::Mutex::new(Reloadable {
             config: config.clone(),
             keys,
@@ -137,6 +138,7 @@ async fn start_with(
             tls.clone(),
             settings.clone(),
             rx.clone(),
+            reloaded_rx,
         )),
         tokio::spawn(crate::admin::serve(
             admin,
@@ -219,6 +221,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// Rebuilds the gateway from the configuration file on demand (SIGHUP, `POST /v1/reload`).
 pub struct Reloader {
     current: CurrentGateway,
+    /// Bumped by every applied reload: open connections finish what they have in flight and
+    /// close, so their clients come back under the new configuration.
+    reloaded: watch::Sender<u64>,
     /// The configuration in force and what a reload reuses; held only while reloading.
     state: std::sync::Mutex<Reloadable>,
 }
@@ -280,6 +285,7 @@ impl Reloader {
                     .reloads_applied
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.current.store(Arc::new(gateway));
+                self.reloaded.send_modify(|generation| *generation += 1);
                 let record = crate::audit::config_event(&new, "reload", &[], &needs_restart, by);
                 state.config = new;
                 state.keys = keys;
@@ -379,8 +385,8 @@ async fn data_loop(
     tls: Option<TlsAcceptor>,
     settings: Settings,
     mut shutdown: watch::Receiver<bool>,
+    reloaded: watch::Receiver<u64>,
 ) {
-    let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder(&settings));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -397,7 +403,11 @@ async fn data_loop(
                         continue;
                     }
                 };
-                let gateway = current.load();
+                // Subscribed before the configuration is taken: a reload after this point
+                // is seen by the connection, one before it is the configuration it gets.
+                let mut reloaded = reloaded.clone();
+                reloaded.mark_unchanged();
+                let gateway = current.load_full();
                 let Some(slot) = gateway.shared().open_connection(gateway.max_connections()) else {
                     // Closing at once tells the client to go elsewhere or retry; holding the
                     // socket open would spend the descriptor the cap exists to save.
@@ -405,10 +415,8 @@ async fn data_loop(
                     drop(stream);
                     continue;
                 };
-                drop(gateway);
                 let _ = stream.set_nodelay(true);
-                let watcher = graceful.watcher();
-                let current = current.clone();
+                let stop = shutdown.clone();
                 let tls = tls.clone();
                 let builder = builder.clone();
                 let handshake_timeout = settings.header_read_timeout;
@@ -418,9 +426,7 @@ async fn data_loop(
                         None => {
                             let conn = Arc::new(ConnInfo::new(peer, false, None));
                             let io = Watched::new(stream, conn.framing.clone());
-                            let svc = service_fn(move |req| handle(current.load_full(), conn.clone(), req));
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                            let _ = watcher.watch(c.into_owned()).await;
+                            serve_connection(io, &builder, gateway, conn, stop, reloaded).await;
                         }
                         Some(acceptor) => {
                             let accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
@@ -438,9 +444,7 @@ async fn data_loop(
                             let conn = Arc::new(info);
                             // An h2 connection opens with its preface, which switches the watch off.
                             let io = Watched::new(tls_stream, conn.framing.clone());
-                            let svc = service_fn(move |req| handle(current.load_full(), conn.clone(), req));
-                            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                            let _ = watcher.watch(c.into_owned()).await;
+                            serve_connection(io, &builder, gateway, conn, stop, reloaded).await;
                         }
                     }
                 });
@@ -449,16 +453,42 @@ async fn data_loop(
         }
     }
     drop(listener);
-    if tokio::time::timeout(settings.grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Every connection saw the stop and is finishing what it has in flight.
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(settings.grace, drained).await.is_err() {
         tracing::warn!("shutdown grace period ended with requests still in flight; closing them");
     }
     // Whatever is left is cut; dropping each task runs its completion hook, so the trail
     // still says how every request ended.
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// Serves one client connection on the configuration in force when it was accepted. A stop
+/// or a reload ends it gracefully: requests in flight (and HTTP/2 streams) finish on that
+/// configuration, an idle HTTP/1.1 connection closes, HTTP/2 gets GOAWAY, and the client's
+/// next request arrives on a new connection and so under the new configuration. Upgraded
+/// tunnels (WebSocket) have left the connection already and keep running.
+async fn serve_connection<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    mut stop: watch::Receiver<bool>,
+    mut reloaded: watch::Receiver<u64>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stop.changed() => {}
+        _ = reloaded.changed() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = connection.await;
 }
 
 /// Runs `serve` until SIGTERM or SIGINT; SIGHUP reloads the configuration.
