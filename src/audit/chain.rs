@@ -22,7 +22,7 @@ const PREV_SUFFIX_LEN: usize = r#","prev":""#.len() + 64 + 1;
 pub fn seal(out: &mut Vec<u8>, seq: u64, body: &[u8], prev: &[u8; 32]) -> [u8; 32] {
     let start = out.len();
     out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
+    push_decimal(out, seq);
     let inner = body
         .strip_prefix(b"{")
         .and_then(|b| b.strip_suffix(b"}"))
@@ -32,14 +32,37 @@ pub fn seal(out: &mut Vec<u8>, seq: u64, body: &[u8], prev: &[u8; 32]) -> [u8; 3
         out.extend_from_slice(inner);
     }
     out.extend_from_slice(b",\"prev\":\"");
-    out.extend_from_slice(hex::encode(prev).as_bytes());
+    push_hex(out, prev);
     out.extend_from_slice(b"\"}");
     let hash: [u8; 32] = Sha256::digest(&out[start..]).into();
     out.pop(); // the closing brace, reopened for the hash member
     out.extend_from_slice(b",\"hash\":\"");
-    out.extend_from_slice(hex::encode(hash).as_bytes());
+    push_hex(out, &hash);
     out.extend_from_slice(b"\"}\n");
     hash
+}
+
+/// Lower-case hex of a hash, without an intermediate `String` (this runs twice per record).
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
+    let mut buf = [0u8; 64];
+    // The buffer is exactly twice the input: encoding cannot fail.
+    if hex::encode_to_slice(bytes, &mut buf).is_ok() {
+        out.extend_from_slice(&buf);
+    }
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// The chain fields of one sealed line.
