@@ -724,15 +724,7 @@ async fn an_open_websocket_survives_a_reload_that_denies_new_ones() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
 
     // Alice's group is denied from now on.
-    let path = &h.fixture.config_path;
-    let original = std::fs::read_to_string(path).unwrap();
-    let stricter = original.replace(
-        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
-        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
-    );
-    assert_ne!(stricter, original);
-    std::fs::write(path, &stricter).unwrap();
-    assert!(h.running().reload().applied);
+    assert!(h.deny_data_scientists_and_reload().applied);
 
     // The open tunnel still carries bytes both ways.
     for round in 0..3 {
@@ -1020,13 +1012,8 @@ async fn a_reload_swaps_the_rules_for_the_next_request_and_every_attempt_is_reco
     }
 
     // The data scientists' group is denied from now on.
-    let stricter = original.replace(
-        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
-        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
-    );
-    assert_ne!(stricter, original);
-    std::fs::write(path, &stricter).unwrap();
-    let outcome = h.running().reload();
+    let outcome = h.deny_data_scientists_and_reload();
+    let stricter = std::fs::read_to_string(path).unwrap();
     assert!(outcome.applied, "{outcome:?}");
     assert!(outcome.needs_restart.is_empty(), "{outcome:?}");
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
@@ -1401,13 +1388,7 @@ async fn an_open_h2_connection_finishes_on_its_configuration_and_the_next_reques
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let path = &h.fixture.config_path;
-    let stricter = std::fs::read_to_string(path).unwrap().replace(
-        r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
-        r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
-    );
-    std::fs::write(path, &stricter).unwrap();
-    assert!(h.running().reload().applied);
+    assert!(h.deny_data_scientists_and_reload().applied);
 
     let slow = slow
         .await

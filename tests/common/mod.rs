@@ -175,6 +175,20 @@ impl Harness {
         self.fixture.trail()
     }
 
+    /// Rewrites the configuration file so the data scientists' group (alice's) is denied,
+    /// and reloads it; the outcome of the reload.
+    pub fn deny_data_scientists_and_reload(&self) -> gatehouse::proxy::server::ReloadOutcome {
+        let path = &self.fixture.config_path;
+        let original = std::fs::read_to_string(path).unwrap();
+        let stricter = original.replace(
+            r#"deny_groups = ["tenant-martech", "tenant-complaints"]"#,
+            r#"deny_groups = ["tenant-martech", "tenant-complaints", "data-scientists"]"#,
+        );
+        assert_ne!(stricter, original, "the fixture's deny_groups line changed");
+        std::fs::write(path, &stricter).unwrap();
+        self.running().reload()
+    }
+
     /// Records of one request id, in trail order.
     pub fn records_for(&self, request_id: &str) -> Vec<serde_json::Value> {
         self.trail()
