@@ -1398,3 +1398,19 @@ async fn an_open_h2_connection_finishes_on_its_configuration_and_the_next_reques
     let next = client.request(get("/api/2.1/clusters/list")).await.unwrap();
     assert_eq!(next.status(), StatusCode::FORBIDDEN);
 }
+
+/// A GET that carries a chunked body is refused before anything goes upstream: the decision
+/// is made on the URL alone, and such a request must never share a pipelined upstream
+/// connection as if it were bodiless.
+#[tokio::test]
+async fn a_get_with_a_chunked_body_is_refused_and_never_forwarded() {
+    let h = Harness::start().await;
+    let request = format!(
+        "GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        h.service()
+    );
+    let answer = h.raw(ANALYTICS_HOST, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("request.malformed"), "{answer}");
+    assert!(h.standin.seen().is_empty());
+}

@@ -67,6 +67,9 @@ struct SharedState {
     dropped_completions: AtomicU64,
     /// Records handed over and not yet taken by the writer thread.
     queued: AtomicU64,
+    /// The last fsync failed: until one succeeds, every record waits for its fsync (so
+    /// requests are refused while the disk cannot make records durable), whatever the mode.
+    sync_failing: AtomicBool,
     fsyncs: AtomicU64,
     fsync_micros: AtomicU64,
     /// Where fsync latencies also go, once the gateway has its metrics.
@@ -261,7 +264,9 @@ impl AuditSink {
 
     /// False after a failed write, until a later write succeeds.
     pub fn is_healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Acquire) && !self.state.stopped.load(Ordering::Acquire)
+        self.state.healthy.load(Ordering::Acquire)
+            && !self.state.sync_failing.load(Ordering::Acquire)
+            && !self.state.stopped.load(Ordering::Acquire)
     }
 
     pub fn records_written(&self) -> u64 {
@@ -629,6 +634,7 @@ impl Syncer {
                     let result = file.sync_data();
                     drop(file);
                     state.observe_fsync(started.elapsed());
+                    state.sync_failing.store(result.is_err(), Ordering::Release);
                     match result {
                         Ok(()) => {
                             for (ack, seq) in acks {
@@ -783,7 +789,8 @@ impl Writer {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 // Acknowledged now once written, or by the syncer once on disk (`every`, and
                 // records that ask for it).
-                let every = self.durability == Durability::Every;
+                let every = self.durability == Durability::Every
+                    || self.state.sync_failing.load(Ordering::Acquire);
                 let mut after_fsync = Vec::new();
                 for (i, entry) in batch.drain(..).enumerate() {
                     let Some(ack) = entry.ack else { continue };
@@ -797,6 +804,12 @@ impl Writer {
                 if let (Some(syncer), Some(file)) = (&self.syncer, &segment.file) {
                     if !after_fsync.is_empty() || self.durability == Durability::Group {
                         syncer.submit(file, after_fsync);
+                    }
+                } else {
+                    // No syncer (cannot happen: every mode has one); never leave a request
+                    // waiting.
+                    for (ack, seq) in after_fsync {
+                        let _ = ack.send(Ok(seq));
                     }
                 }
                 if segment.bytes >= self.max_bytes {

@@ -481,16 +481,16 @@ impl Exchange<'_> {
     /// and `Retry-After`, and recorded like any refusal. Anonymous requests (login and
     /// discovery) are not charged: they carry no principal to charge, and the connection cap
     /// bounds them.
-    async fn over_rate(&self, principal: &Principal) -> Option<Response<ProxyBody>> {
+    ///
+    /// `bucket` is what the request is charged to: the principal's id when its identity was
+    /// verified (a JWT); for S3, whose signature only the upstream can check, the claimed
+    /// principal together with the client's address, so someone quoting another principal's
+    /// access key id cannot spend that principal's rate.
+    async fn over_rate(&self, principal: &Principal, bucket: &str) -> Option<Response<ProxyBody>> {
         if principal.kind == crate::identity::PrincipalKind::Anonymous {
             return None;
         }
-        let wait = self
-            .gw
-            .shared
-            .limiter
-            .check(&principal.id, self.started)
-            .err()?;
+        let wait = self.gw.shared.limiter.check(bucket, self.started).err()?;
         let secs = crate::limits::retry_after_secs(wait);
         self.gw.shared.metrics.rate_limited();
         let reason = format!(
@@ -656,7 +656,7 @@ async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Prox
         }
     };
     x.principal = Some(principal.clone());
-    if let Some(refused) = x.over_rate(&principal).await {
+    if let Some(refused) = x.over_rate(&principal, &principal.id).await {
         return refused;
     }
 
@@ -1047,6 +1047,15 @@ enum ForwardBody {
 }
 
 impl ForwardBody {
+    /// Whether there is nothing to send: no bytes buffered, or a stream already at its end
+    /// (an HTTP/2 request without DATA frames, an HTTP/1.1 request without a body).
+    fn is_empty(&self) -> bool {
+        match self {
+            ForwardBody::Buffered(bytes) => bytes.is_empty(),
+            ForwardBody::Stream(incoming) => http_body::Body::is_end_stream(incoming),
+        }
+    }
+
     /// The body to send, counting what goes up into the completion record. With a gate
     /// (`Expect: 100-continue`), a streamed body waits for the upstream's go-ahead.
     fn into_upstream(self, completion: &Completion, gate: Option<Arc<ContinueGate>>) -> ProxyBody {
@@ -1127,11 +1136,11 @@ fn pipeline_error_kind(e: &pipeline::PipelineError) -> UpstreamError {
 
 /// Whether a request may share a pipelined upstream connection: idempotent and bodiless,
 /// so it can be retried if the connection dies before its answer.
-fn pipelinable<B>(req: &Request<B>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD)
-        && !req.headers().contains_key(header::CONTENT_LENGTH)
-        && !req.headers().contains_key(header::TRANSFER_ENCODING)
-        && !req.headers().contains_key(header::EXPECT)
+fn pipelinable(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && !headers.contains_key(header::EXPECT)
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
@@ -1164,6 +1173,9 @@ async fn forward(
         None
     };
 
+    // Decided on the request as the client sent it: stripping hop-by-hop headers below
+    // removes Transfer-Encoding, which would hide a chunked body.
+    let bodiless = pipelinable(&parts.method, &parts.headers) && body.is_empty();
     let completion = x.completion();
     let gate = continue_gate(&parts);
     let body = body.into_upstream(&completion, gate.clone());
@@ -1181,10 +1193,7 @@ async fn forward(
     open_on_continue(&mut upstream_req, &gate);
 
     let clients = &x.gw.clients[workspace.client];
-    let pipeline = clients
-        .pipeline
-        .as_ref()
-        .filter(|_| !upgrade && pipelinable(&upstream_req));
+    let pipeline = clients.pipeline.as_ref().filter(|_| !upgrade && bodiless);
     let sent = Instant::now();
     let result = match pipeline {
         Some(pipeline) => {

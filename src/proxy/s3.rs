@@ -144,7 +144,8 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     record.workspace = caller.workspace.clone();
     x.principal = Some(std::sync::Arc::new(caller.principal.clone()));
     x.s3 = Some(record);
-    if let Some(refused) = x.over_rate(&caller.principal).await {
+    let bucket = format!("{}@{}", caller.principal.id, x.conn.peer.ip());
+    if let Some(refused) = x.over_rate(&caller.principal, &bucket).await {
         return refused;
     }
 

@@ -206,6 +206,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "server.shutdown_grace_ms",
             a.shutdown_grace != b.shutdown_grace,
         ),
+        ("server.workers", a.workers != b.workers),
         (
             "audit",
             format!("{:?}", old.audit) != format!("{:?}", new.audit),
