@@ -22,9 +22,9 @@ use crate::audit::{AuditSink, AuditWriterHandle};
 use crate::config::{Config, JwksSource};
 use crate::identity::KeyStore;
 
-/// The gateway each new request gets. A reload swaps it; a request keeps the one it started
-/// with to its end (an upgraded WebSocket for its whole life), so nothing in flight changes
-/// rules midway, while the next request on a kept-alive connection already gets the new ones.
+/// The gateway each new connection gets (and the admin API reads). A reload swaps it; a
+/// connection keeps the one it was accepted under until it ends, which a reload hastens
+/// gracefully (see `serve_connection`), and an upgraded WebSocket keeps it for its whole life.
 pub type CurrentGateway = Arc<ArcSwap<Gateway>>;
 
 /// A started gateway: its bound addresses and the means to reload and stop it.
