@@ -1135,15 +1135,23 @@ async fn principals_over_their_rate_get_429_with_retry_after() {
     )
     .await;
     let sp = h.service();
-    for _ in 0..3 {
-        assert_eq!(
-            h.get("/api/2.1/clusters/list", &sp).await.status,
-            StatusCode::OK
+    // The burst of 3 passes; soon after, a request is refused. (A slow machine may refill a
+    // token between requests, so the refusal is looked for, not timed.)
+    let mut allowed = 0;
+    let (r, forwarded) = loop {
+        let forwarded = h.standin.seen().len();
+        let r = h.get("/api/2.1/clusters/list", &sp).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            break (r, forwarded);
+        }
+        assert_eq!(r.status, StatusCode::OK);
+        allowed += 1;
+        assert!(
+            allowed <= 8,
+            "no 429 after {allowed} requests at 1 per second"
         );
-    }
-    let forwarded = h.standin.seen().len();
-    let r = h.get("/api/2.1/clusters/list", &sp).await;
-    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    };
+    assert!(allowed >= 3, "the burst of 3 was not honoured: {allowed}");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert_eq!(
         retry, 1,
@@ -1315,7 +1323,7 @@ async fn metrics_count_what_the_gateway_did() {
         sample(&text, "gatehouse_request_duration_seconds_count"),
         Some(7.0)
     );
-    // Allowed requests reached the upstream: 3 lists, the report-only one, the slow one.
+    // Answered by the upstream: 3 lists and the report-only one (the slow one timed out).
     assert_eq!(
         sample(&text, "gatehouse_upstream_duration_seconds_count"),
         Some(4.0)
