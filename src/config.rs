@@ -99,11 +99,10 @@ pub struct Upstream {
 impl Upstream {
     /// `host:port`, with the scheme's default port when none is written.
     pub fn authority_with_port(&self) -> String {
-        let has_port = match self.authority.rfind(':') {
-            // `[v6]` alone has a colon inside the brackets, not a port.
-            Some(i) => !self.authority[i..].contains(']'),
-            None => false,
-        };
+        let has_port = self
+            .authority
+            .parse::<http::uri::Authority>()
+            .is_ok_and(|a| a.port_u16().is_some());
         if has_port {
             self.authority.clone()
         } else {

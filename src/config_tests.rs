@@ -195,3 +195,28 @@ fn report_only_takes_policy_rules_but_never_identity_or_the_download_block() {
         assert!(errors[0].message.contains(refused));
     }
 }
+
+#[test]
+fn an_upstream_authority_gets_its_scheme_default_port_only_when_it_names_none() {
+    let up = |scheme, authority: &str| Upstream {
+        scheme,
+        authority: authority.to_owned(),
+    };
+    assert_eq!(
+        up(Scheme::Http, "origin.local").authority_with_port(),
+        "origin.local:80"
+    );
+    assert_eq!(
+        up(Scheme::Https, "dbc.example").authority_with_port(),
+        "dbc.example:443"
+    );
+    assert_eq!(
+        up(Scheme::Http, "127.0.0.1:8080").authority_with_port(),
+        "127.0.0.1:8080"
+    );
+    assert_eq!(up(Scheme::Http, "[::1]").authority_with_port(), "[::1]:80");
+    assert_eq!(
+        up(Scheme::Http, "[::1]:9000").authority_with_port(),
+        "[::1]:9000"
+    );
+}
