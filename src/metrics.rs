@@ -311,16 +311,20 @@ impl Metrics {
         self.upstream_errors[kind as usize].fetch_add(1, Relaxed);
     }
 
-    /// Call on accept; the connection counts as open until the guard is dropped.
-    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
-        self.open_connections.fetch_add(1, Relaxed);
+    /// Call on accept: the connection counts as open until the guard is dropped, unless
+    /// `max` are open already (then it is counted as refused and `None` is returned). The
+    /// gauge is also the count the global connection cap is enforced on.
+    pub fn connection_within(self: &Arc<Self>, max: u64) -> Option<ConnectionGuard> {
+        let admitted = self
+            .open_connections
+            .fetch_update(Relaxed, Relaxed, |open| (open < max).then_some(open + 1))
+            .is_ok();
+        if !admitted {
+            self.connections_refused.fetch_add(1, Relaxed);
+            return None;
+        }
         self.connections_total.fetch_add(1, Relaxed);
-        ConnectionGuard(Arc::clone(self))
-    }
-
-    /// A connection turned away by the global connection cap.
-    pub fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Relaxed);
+        Some(ConnectionGuard(Arc::clone(self)))
     }
 
     /// A request answered 429.
@@ -694,8 +698,11 @@ mod tests {
     #[test]
     fn connection_guard_and_simple_counters() {
         let m = Arc::new(Metrics::new());
-        let (g1, g2) = (m.connection_opened(), m.connection_opened());
-        m.connection_refused();
+        let (g1, g2) = (m.connection_within(2), m.connection_within(2));
+        assert!(
+            m.connection_within(2).is_none(),
+            "a third over a cap of two"
+        );
         drop(g1);
         m.rate_limited();
         for hit in [true, true, false] {

@@ -15,7 +15,7 @@ pub mod server;
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -75,24 +75,10 @@ struct UpstreamClients {
 pub struct Shared {
     pub limiter: crate::limits::RateLimiter,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Open client connections on the data listener.
-    open_connections: AtomicUsize,
     /// Unix seconds when the configuration in force was loaded.
     pub config_loaded_unix: AtomicU64,
     pub reloads_applied: AtomicU64,
     pub reloads_refused: AtomicU64,
-}
-
-/// One open client connection; dropping it frees the slot.
-pub struct ConnectionSlot(
-    Arc<Shared>,
-    #[allow(dead_code)] crate::metrics::ConnectionGuard,
-);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Shared {
@@ -100,29 +86,10 @@ impl Shared {
         Arc::new(Shared {
             limiter: crate::limits::RateLimiter::new(&config.limits),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            open_connections: AtomicUsize::new(0),
             config_loaded_unix: AtomicU64::new(crate::identity::unix_now()),
             reloads_applied: AtomicU64::new(0),
             reloads_refused: AtomicU64::new(0),
         })
-    }
-
-    /// A slot for a new connection, unless `max` are open already.
-    pub fn open_connection(self: &Arc<Self>, max: usize) -> Option<ConnectionSlot> {
-        let admitted = self
-            .open_connections
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
-                (open < max).then_some(open + 1)
-            })
-            .is_ok();
-        if !admitted {
-            self.metrics.connection_refused();
-            return None;
-        }
-        Some(ConnectionSlot(
-            self.clone(),
-            self.metrics.connection_opened(),
-        ))
     }
 
     /// A reload took `config`: its rates apply from now on.

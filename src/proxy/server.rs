@@ -409,10 +409,11 @@ async fn data_loop(
                 let mut reloaded = reloaded.clone();
                 reloaded.mark_unchanged();
                 let gateway = current.load_full();
-                let Some(slot) = gateway.shared().open_connection(gateway.max_connections()) else {
+                let max = gateway.max_connections() as u64;
+                let Some(slot) = gateway.shared().metrics.connection_within(max) else {
                     // Closing at once tells the client to go elsewhere or retry; holding the
                     // socket open would spend the descriptor the cap exists to save.
-                    tracing::warn!(%peer, max = gateway.max_connections(), "connection refused: limits.max_connections are open");
+                    tracing::warn!(%peer, max, "connection refused: limits.max_connections are open");
                     drop(stream);
                     continue;
                 };
