@@ -275,7 +275,7 @@ impl DecisionRecord<'_> {
                 would_deny: self.decision.would_deny,
             },
         };
-        serde_json::to_vec(&out).unwrap_or_default()
+        to_json_sized(&out, 1024)
     }
 }
 
@@ -332,7 +332,17 @@ pub struct CompletionRecord<'a> {
 
 impl CompletionRecord<'_> {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        to_json_sized(self, 512)
+    }
+}
+
+/// Serialises into a buffer sized for the typical record up front: `to_vec` starts at 128
+/// bytes and regrows (copying) three times for a decision record, on every request.
+fn to_json_sized<T: Serialize>(value: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut out, value) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
     }
 }
 
