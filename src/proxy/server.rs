@@ -481,7 +481,10 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(gateway.clone(), conn.clone(), req));
+    // Boxed per request: hyper keeps a slot the size of the service's future for every open
+    // connection, busy or idle, and the request pipeline inline is about 6 KiB; a pointer
+    // keeps idle connections small.
+    let svc = service_fn(move |req| Box::pin(handle(gateway.clone(), conn.clone(), req)));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(connection);
     tokio::select! {
