@@ -206,6 +206,7 @@ pub struct LaterSections {
     pub exceptions: Option<RawExceptions>,
     pub admin: Option<RawAdmin>,
     pub limits: Option<RawLimits>,
+    pub console: Option<RawConsole>,
 }
 
 /// The S3 side: which hosts are S3, where they go, who the access keys belong to.
@@ -267,6 +268,8 @@ pub struct Config {
     pub buckets: Vec<BucketConfig>,
     pub exceptions: Option<ExceptionsConfig>,
     pub limits: LimitsConfig,
+    /// `[console]`: the review console on the admin listener; `None` when not configured.
+    pub console: Option<ConsoleConfig>,
     pub later: LaterSections,
     /// Directory the file was read from: relative paths in it are resolved against the
     /// current directory, like every other tool, but we keep it for messages.
@@ -579,6 +582,122 @@ fn check_limits(raw: Option<&RawLimits>, errors: &mut Errors) -> LimitsConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    pub oidc_issuer: String,
+    pub client_id: String,
+    pub client_secret_file: PathBuf,
+    pub redirect_url: String,
+    #[serde(default)]
+    pub auditor_groups: Vec<String>,
+    pub session_idle: Option<String>,
+    pub session_max: Option<String>,
+    /// PEM bundle to trust for the provider instead of the system's roots.
+    pub oidc_ca_file: Option<PathBuf>,
+}
+
+/// `[console]`: who may log in to the review console, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// The provider's issuer URL, exactly as its ID tokens name it (no trailing `/`).
+    pub oidc_issuer: String,
+    pub client_id: String,
+    /// Read when the console starts; never kept in the configuration (which is logged and
+    /// compared on reload).
+    pub client_secret_file: PathBuf,
+    /// Where the provider sends the browser back; its path is served by the console.
+    pub redirect_url: String,
+    pub auditor_groups: Vec<String>,
+    /// A session unused this long ends.
+    pub session_idle: Duration,
+    /// A session ends this long after login, however busy.
+    pub session_max: Duration,
+    pub oidc_ca_file: Option<PathBuf>,
+}
+
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_SESSION_MAX: Duration = Duration::from_secs(8 * 3600);
+
+/// Plain `http://` only for a loopback host: anywhere else the code, the client secret and
+/// the ID token would cross the network in clear.
+fn secure_url(value: &str, key: &str, errors: &mut Errors) -> Option<http::Uri> {
+    let Ok(uri) = value.parse::<http::Uri>() else {
+        errors.push(key, format!("{value:?} is not a URL"));
+        return None;
+    };
+    let host = uri.host().unwrap_or("");
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Some(uri),
+        Some("http") if loopback => Some(uri),
+        Some("http") => {
+            errors.push(key, "must be https:// (plain http only on a loopback address)");
+            None
+        }
+        _ => {
+            errors.push(key, format!("{value:?} is not an http(s) URL"));
+            None
+        }
+    }
+}
+
+fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig> {
+    let issuer = raw.oidc_issuer.trim_end_matches('/').to_owned();
+    let issuer_ok = secure_url(&issuer, "console.oidc_issuer", errors).is_some();
+    let redirect_ok = match secure_url(&raw.redirect_url, "console.redirect_url", errors) {
+        Some(uri) if uri.query().is_some() || uri.path() == "/" => {
+            errors.push(
+                "console.redirect_url",
+                "needs a path of its own (for example https://gw.example:9443/auth/callback) and no query",
+            );
+            false
+        }
+        Some(_) => true,
+        None => false,
+    };
+    if raw.client_id.trim().is_empty() {
+        errors.push("console.client_id", "must not be empty");
+    }
+    must_exist(&raw.client_secret_file, "console.client_secret_file", errors);
+    if let Some(ca) = &raw.oidc_ca_file {
+        must_exist(ca, "console.oidc_ca_file", errors);
+    }
+    let duration = |text: &Option<String>, key: &str, default: Duration, errors: &mut Errors| {
+        match text.as_deref().map(parse_duration) {
+            None => Some(default),
+            Some(Some(d)) if !d.is_zero() => Some(d),
+            Some(_) => {
+                errors.push(key, "must be a duration such as 30m, 8h or 1d");
+                None
+            }
+        }
+    };
+    let idle = duration(&raw.session_idle, "console.session_idle", DEFAULT_SESSION_IDLE, errors);
+    let max = duration(&raw.session_max, "console.session_max", DEFAULT_SESSION_MAX, errors);
+    if let (Some(idle), Some(max)) = (idle, max) {
+        if idle > max {
+            errors.push("console.session_idle", "must not be longer than session_max");
+        }
+    }
+    Some(ConsoleConfig {
+        oidc_issuer: issuer,
+        client_id: raw.client_id.trim().to_owned(),
+        client_secret_file: raw.client_secret_file.clone(),
+        redirect_url: raw.redirect_url.clone(),
+        auditor_groups: raw.auditor_groups.clone(),
+        session_idle: idle?,
+        session_max: max?,
+        oidc_ca_file: raw.oidc_ca_file.clone(),
+    })
+    .filter(|_| issuer_ok && redirect_ok)
+}
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "server",
     "identity",
@@ -590,6 +709,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "exceptions",
     "admin",
     "limits",
+    "console",
 ];
 
 /// Rule ids that `[policy] report_only` may name: the policy's own denials, so a new or
@@ -659,6 +779,7 @@ impl Config {
             exceptions: section(&table, "exceptions", false, &mut errors),
             admin: section(&table, "admin", false, &mut errors),
             limits: section(&table, "limits", false, &mut errors),
+            console: section(&table, "console", false, &mut errors),
         };
 
         let server = server.and_then(|s| check_server(s, &mut errors));
@@ -688,6 +809,10 @@ impl Config {
             .as_ref()
             .and_then(|e| check_exceptions(e, &mut errors));
         let limits = check_limits(later.limits.as_ref(), &mut errors);
+        let console = later
+            .console
+            .as_ref()
+            .and_then(|c| check_console(c, &mut errors));
 
         match (server, identity, policy, audit) {
             (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {
@@ -701,6 +826,7 @@ impl Config {
                     buckets,
                     exceptions,
                     limits,
+                    console,
                     later,
                     source: PathBuf::new(),
                     sha256: {

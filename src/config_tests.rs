@@ -220,3 +220,58 @@ fn an_upstream_authority_gets_its_scheme_default_port_only_when_it_names_none() 
         "[::1]:9000"
     );
 }
+
+fn with_console(console: &str) -> (Result<Config, ConfigErrors>, tempfile::NamedTempFile) {
+    let jwks = jwks_file();
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    let text = base(&jwks.path().display().to_string())
+        + "\n[console]\n"
+        + &console.replace("SECRET", &secret.path().display().to_string());
+    (Config::parse(&text), secret)
+}
+
+#[test]
+fn the_console_section_parses_with_default_session_lifetimes() {
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://login.bank.example/\"\nclient_id = \"gatehouse-console\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/auth/callback\"\nauditor_groups = [\"sec-auditors\"]\n",
+    );
+    let console = c.unwrap().console.unwrap();
+    assert_eq!(console.oidc_issuer, "https://login.bank.example");
+    assert_eq!(console.auditor_groups, vec!["sec-auditors"]);
+    assert_eq!(console.session_idle, DEFAULT_SESSION_IDLE);
+    assert_eq!(console.session_max, DEFAULT_SESSION_MAX);
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"http://127.0.0.1:5556\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"http://localhost:9443/auth/callback\"\nsession_idle = \"10m\"\nsession_max = \"1h\"\n",
+    );
+    let console = c.unwrap().console.unwrap();
+    assert_eq!(console.session_idle, Duration::from_secs(600));
+    assert_eq!(console.session_max, Duration::from_secs(3600));
+    assert!(Config::parse(&base(&jwks_file().path().display().to_string()))
+        .unwrap()
+        .console
+        .is_none());
+}
+
+#[test]
+fn the_console_refuses_clear_text_off_loopback_a_missing_secret_and_odd_lifetimes() {
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"http://login.bank.example\"\nclient_id = \" \"\nclient_secret_file = \"/no/such/secret\"\nredirect_url = \"https://gw.bank.example:9443/\"\nsession_idle = \"9h\"\nsession_max = \"8h\"\n",
+    );
+    let errors = c.unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    for expected in [
+        "console.oidc_issuer",
+        "console.client_id",
+        "console.client_secret_file",
+        "console.redirect_url",
+        "console.session_idle",
+    ] {
+        assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+    }
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"http://gw.bank.example/auth/callback\"\nsession_max = \"forever\"\n",
+    );
+    let keys: Vec<String> = c.unwrap_err().0.into_iter().map(|e| e.key).collect();
+    assert!(keys.contains(&"console.redirect_url".to_owned()), "{keys:?}");
+    assert!(keys.contains(&"console.session_max".to_owned()), "{keys:?}");
+}
