@@ -637,7 +637,10 @@ fn secure_url(value: &str, key: &str, errors: &mut Errors) -> Option<http::Uri> 
         Some("https") => Some(uri),
         Some("http") if loopback => Some(uri),
         Some("http") => {
-            errors.push(key, "must be https:// (plain http only on a loopback address)");
+            errors.push(
+                key,
+                "must be https:// (plain http only on a loopback address)",
+            );
             None
         }
         _ => {
@@ -664,25 +667,44 @@ fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig>
     if raw.client_id.trim().is_empty() {
         errors.push("console.client_id", "must not be empty");
     }
-    must_exist(&raw.client_secret_file, "console.client_secret_file", errors);
+    must_exist(
+        &raw.client_secret_file,
+        "console.client_secret_file",
+        errors,
+    );
     if let Some(ca) = &raw.oidc_ca_file {
         must_exist(ca, "console.oidc_ca_file", errors);
     }
-    let duration = |text: &Option<String>, key: &str, default: Duration, errors: &mut Errors| {
-        match text.as_deref().map(parse_duration) {
+    let duration =
+        |text: &Option<String>, key: &str, default: Duration, errors: &mut Errors| match text
+            .as_deref()
+            .map(parse_duration)
+        {
             None => Some(default),
             Some(Some(d)) if !d.is_zero() => Some(d),
             Some(_) => {
                 errors.push(key, "must be a duration such as 30m, 8h or 1d");
                 None
             }
-        }
-    };
-    let idle = duration(&raw.session_idle, "console.session_idle", DEFAULT_SESSION_IDLE, errors);
-    let max = duration(&raw.session_max, "console.session_max", DEFAULT_SESSION_MAX, errors);
+        };
+    let idle = duration(
+        &raw.session_idle,
+        "console.session_idle",
+        DEFAULT_SESSION_IDLE,
+        errors,
+    );
+    let max = duration(
+        &raw.session_max,
+        "console.session_max",
+        DEFAULT_SESSION_MAX,
+        errors,
+    );
     if let (Some(idle), Some(max)) = (idle, max) {
         if idle > max {
-            errors.push("console.session_idle", "must not be longer than session_max");
+            errors.push(
+                "console.session_idle",
+                "must not be longer than session_max",
+            );
         }
     }
     Some(ConsoleConfig {

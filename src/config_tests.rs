@@ -246,10 +246,12 @@ fn the_console_section_parses_with_default_session_lifetimes() {
     let console = c.unwrap().console.unwrap();
     assert_eq!(console.session_idle, Duration::from_secs(600));
     assert_eq!(console.session_max, Duration::from_secs(3600));
-    assert!(Config::parse(&base(&jwks_file().path().display().to_string()))
-        .unwrap()
-        .console
-        .is_none());
+    assert!(
+        Config::parse(&base(&jwks_file().path().display().to_string()))
+            .unwrap()
+            .console
+            .is_none()
+    );
 }
 
 #[test]
@@ -272,6 +274,9 @@ fn the_console_refuses_clear_text_off_loopback_a_missing_secret_and_odd_lifetime
         "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"http://gw.bank.example/auth/callback\"\nsession_max = \"forever\"\n",
     );
     let keys: Vec<String> = c.unwrap_err().0.into_iter().map(|e| e.key).collect();
-    assert!(keys.contains(&"console.redirect_url".to_owned()), "{keys:?}");
+    assert!(
+        keys.contains(&"console.redirect_url".to_owned()),
+        "{keys:?}"
+    );
     assert!(keys.contains(&"console.session_max".to_owned()), "{keys:?}");
 }
