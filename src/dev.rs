@@ -193,10 +193,15 @@ impl TokenSigner {
             "iat": now, "nbf": now - 5, "exp": now + spec.ttl_secs,
             "principal_type": spec.principal_type, "groups": spec.groups,
         });
+        self.sign(&claims)
+    }
+
+    /// Any claims, signed ES256 under this key's id.
+    pub fn sign(&self, claims: &serde_json::Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         // Encoding with a key we just generated cannot fail short of a library bug.
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default()
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap_or_default()
     }
 }
 

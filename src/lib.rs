@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod classify;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod dev;
 pub mod exceptions;

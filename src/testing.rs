@@ -24,6 +24,9 @@ pub struct FixtureOptions {
     /// Extra host names routed to prod-analytics (e.g. `localhost`, `127.0.0.1`).
     pub analytics_aliases: Vec<String>,
     pub listen: String,
+    /// The admin listener (a fixed port when something outside must know it first, such as
+    /// the console's identity provider).
+    pub admin_listen: String,
     pub report_only: Vec<String>,
     /// Fetch keys from this URL (refreshed every second) instead of the fixture's JWKS file.
     pub jwks_url: Option<String>,
@@ -43,6 +46,7 @@ impl Default for FixtureOptions {
             durability: "group",
             analytics_aliases: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             listen: "127.0.0.1:0".to_owned(),
+            admin_listen: "127.0.0.1:0".to_owned(),
             report_only: Vec::new(),
             jwks_url: None,
             upstream_ca: None,
@@ -152,7 +156,7 @@ fn config_text(dir: &Path, upstream: &str, o: &FixtureOptions) -> String {
         r#"# Generated test fixture.
 [server]
 listen = "{listen}"
-{tls}admin_listen = "127.0.0.1:0"
+{tls}admin_listen = "{admin_listen}"
 gateway_id = "gw-test"
 shutdown_grace_ms = 5000
 {server_extra}
@@ -195,6 +199,7 @@ durability = "{durability}"
 {extra_toml}
 "#,
         listen = o.listen,
+        admin_listen = o.admin_listen,
         analytics = analytics_hosts.join(", "),
         unknown_api = o.unknown_api,
         durability = o.durability,

@@ -30,6 +30,8 @@ pub struct Admin {
     /// `None` when `[exceptions]` is not configured.
     pub exceptions: Option<Arc<Service>>,
     pub reloader: Arc<Reloader>,
+    /// The review console, when `[console]` is configured.
+    pub console: Option<Arc<crate::console::Console>>,
 }
 
 pub async fn serve(
@@ -79,6 +81,9 @@ where
 
 async fn route(admin: Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
+    if let Some(console) = admin.console.as_ref().filter(|c| c.serves(&path)) {
+        return console.answer(admin.exceptions.as_deref(), req).await;
+    }
     if path == "/v1/exceptions" || path.starts_with("/v1/exceptions/") {
         let gateway = admin.current.load_full();
         return respond(exceptions::answer(&gateway, admin.exceptions.as_deref(), req).await);

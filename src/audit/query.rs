@@ -56,7 +56,7 @@ pub(super) fn text<'a>(record: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 /// The asset as the request named it: `s3://bucket/key`, or the path (`dbfs:/x`). An S3
 /// request without a bucket (`ListBuckets`) names no data and so no asset.
-pub(super) fn asset_name(record: &Value) -> Option<String> {
+pub fn asset_name(record: &Value) -> Option<String> {
     let asset = record.get("asset")?;
     if asset.get("kind").and_then(Value::as_str) == Some("s3") {
         let bucket = asset.get("bucket").and_then(Value::as_str)?;
@@ -172,6 +172,79 @@ pub fn run(dir: &Path, filter: &Filter) -> Result<Vec<Hit>, String> {
         }
     })?;
     Ok(hits)
+}
+
+/// One page of matches, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub hits: Vec<Hit>,
+    /// Matches in the whole trail.
+    pub total: usize,
+}
+
+/// The matches `skip..skip + take` counted from the newest, each joined with its completion.
+/// One pass over the trail holding at most `skip + take` records, whatever its size.
+pub fn page(dir: &Path, filter: &Filter, skip: usize, take: usize) -> Result<Page, String> {
+    let needles = filter.needles();
+    let keep = skip.saturating_add(take).max(1);
+    // The newest `keep` matches so far, oldest first, and where each waits for its completion.
+    let mut window: std::collections::VecDeque<(u64, Hit)> = std::collections::VecDeque::new();
+    let mut waiting: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut total = 0usize;
+    for_each_line(dir, |line| {
+        if contains(line, br#""phase":"completion""#) {
+            let Some(exchange) = string_member(line, br#""exchange":""#) else {
+                return;
+            };
+            if let Some(n) = waiting.remove(exchange) {
+                if let Some((_, hit)) = window.iter_mut().find(|(m, _)| *m == n) {
+                    hit.completion = serde_json::from_slice(line).ok();
+                }
+            }
+            return;
+        }
+        if !contains(line, br#""phase":"decision""#)
+            || !needles.iter().all(|n| contains(line, n))
+            || filter.out_of_time(line)
+        {
+            return;
+        }
+        let Ok(record) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        if !filter.matches(&record) {
+            return;
+        }
+        let n = total as u64;
+        total += 1;
+        if window.len() == keep {
+            if let Some((_, gone)) = window.pop_front() {
+                if let Some(x) = text(&gone.decision, &["exchange"]) {
+                    waiting.remove(x.as_bytes());
+                }
+            }
+        }
+        let exchange = text(&record, &["exchange"])
+            .unwrap_or("")
+            .as_bytes()
+            .to_vec();
+        waiting.insert(exchange, n);
+        window.push_back((
+            n,
+            Hit {
+                decision: record,
+                completion: None,
+            },
+        ));
+    })?;
+    let hits = window
+        .into_iter()
+        .rev()
+        .skip(skip)
+        .take(take)
+        .map(|(_, hit)| hit)
+        .collect();
+    Ok(Page { hits, total })
 }
 
 /// Calls `f` with every line (without its newline) of every segment of `dir`, in chain order.
@@ -340,6 +413,64 @@ mod tests {
         assert!(by("would_deny").matches(&carol));
         assert!(!by("deny").matches(&carol));
         assert!(!by("would_deny").matches(&alice));
+    }
+
+    /// Pages count from the newest match; each hit has its completion, the total counts all.
+    #[test]
+    fn pages_run_newest_first_with_completions_and_a_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lines = Vec::new();
+        let mut prev = super::super::chain::GENESIS;
+        let mut seq = 0;
+        let mut push = |r: Value, out: &mut Vec<u8>| {
+            seq += 1;
+            prev = super::super::chain::seal(out, seq, r.to_string().as_bytes(), &prev);
+        };
+        for i in 0..7 {
+            let who = format!("p{i}");
+            push(
+                decision(
+                    &who,
+                    if i % 2 == 0 { "deny" } else { "allow" },
+                    &format!("2026-11-27T10:00:0{i}.000000Z"),
+                ),
+                &mut lines,
+            );
+            push(
+                json!({"phase": "completion", "exchange": who, "status": 200 + i}),
+                &mut lines,
+            );
+        }
+        std::fs::write(
+            dir.path()
+                .join(super::super::segment::segment_name("gw", 1)),
+            lines,
+        )
+        .unwrap();
+        let all = Filter::default();
+        let first = page(dir.path(), &all, 0, 3).unwrap();
+        assert_eq!(first.total, 7);
+        let names = |p: &Page| -> Vec<String> {
+            p.hits
+                .iter()
+                .map(|h| text(&h.decision, &["principal", "id"]).unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(&first), ["p6", "p5", "p4"]);
+        assert_eq!(first.hits[0].completion.as_ref().unwrap()["status"], 206);
+        let third = page(dir.path(), &all, 6, 3).unwrap();
+        assert_eq!(names(&third), ["p0"]);
+        assert_eq!(third.hits[0].completion.as_ref().unwrap()["status"], 200);
+        let denies = Filter {
+            decision: Some("deny".into()),
+            ..Default::default()
+        };
+        let p = page(dir.path(), &denies, 1, 2).unwrap();
+        assert_eq!(
+            (p.total, names(&p)),
+            (4, vec!["p4".to_owned(), "p2".to_owned()])
+        );
+        assert!(page(dir.path(), &all, 10, 3).unwrap().hits.is_empty());
     }
 
     /// The byte pre-checks may only skip lines the full match would reject: a scan of a real

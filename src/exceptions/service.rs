@@ -118,6 +118,11 @@ impl Service {
     }
 
     /// A reload's new limits (approver groups, max_days, workspaces, buckets).
+    /// Who may approve, as configured now.
+    pub fn approver_groups(&self) -> Vec<String> {
+        self.limits.load().approver_groups.clone()
+    }
+
     pub fn set_limits(&self, limits: Limits) {
         self.limits.store(Arc::new(limits));
     }

@@ -88,7 +88,7 @@ impl KeySet {
 
     /// The key that may verify a token with this header. The key's family must fit the
     /// algorithm, and a key pinned to an algorithm accepts only that one (no confusion).
-    pub(super) fn key_for(
+    pub(crate) fn key_for(
         &self,
         kid: Option<&str>,
         alg: Algorithm,

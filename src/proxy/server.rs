@@ -104,6 +104,10 @@ async fn start_with(
         ),
         None => None,
     };
+    let console = match &config.console {
+        Some(c) => Some(crate::console::Console::new(c, config.audit.dir.clone())?),
+        None => None,
+    };
     let data = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
@@ -147,6 +151,7 @@ async fn start_with(
                 current: current.clone(),
                 exceptions: exceptions_service,
                 reloader: reloader.clone(),
+                console,
             },
             rx,
         )),
@@ -211,6 +216,8 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "audit",
             format!("{:?}", old.audit) != format!("{:?}", new.audit),
         ),
+        // The console (its provider, sessions and groups) is built once, at start.
+        ("console", old.console != new.console),
     ];
     checks
         .into_iter()

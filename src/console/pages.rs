@@ -1,0 +1,779 @@
+//! The console's pages: view models built from the trail and the exception store, rendered
+//! by compile-time-checked templates (`templates/console/`, escaped by default).
+
+use std::path::Path;
+
+use askama::Template;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+use super::human;
+use super::web::{self, field};
+use super::Viewer;
+use crate::audit::query::{self, Filter};
+use crate::exceptions::model::{Actor, Exception, Scope, Status};
+use crate::exceptions::service::Service;
+
+const PAGE_SIZE: usize = 50;
+
+fn render(status: StatusCode, page: impl Template) -> Response<Full<Bytes>> {
+    match page.render() {
+        Ok(body) => web::html(status, body),
+        Err(e) => {
+            tracing::error!(error = %e, "console page failed to render");
+            web::html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<!doctype html><title>Error</title><p>This page could not be shown.</p>"
+                    .to_owned(),
+            )
+        }
+    }
+}
+
+pub fn stylesheet() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(include_bytes!("console.css"))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    r
+}
+
+pub fn redirect_to(path: &str) -> Response<Full<Bytes>> {
+    web::redirect(path)
+}
+
+#[derive(Template)]
+#[template(path = "console/message.html")]
+struct Message<'a> {
+    viewer: Option<&'a Viewer>,
+    title: &'a str,
+    text: &'a str,
+    show_sign_in: bool,
+}
+
+pub fn message(status: StatusCode, title: &str, text: &str) -> Response<Full<Bytes>> {
+    render(
+        status,
+        Message {
+            viewer: None,
+            title,
+            text,
+            show_sign_in: false,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "console/landing.html")]
+struct Landing<'a> {
+    viewer: Option<&'a Viewer>,
+    note: Option<&'a str>,
+}
+
+pub fn landing(note: Option<&str>) -> Response<Full<Bytes>> {
+    render(StatusCode::OK, Landing { viewer: None, note })
+}
+
+pub fn login_failed(why: &str) -> Response<Full<Bytes>> {
+    render(
+        StatusCode::FORBIDDEN,
+        Message {
+            viewer: None,
+            title: "Sign-in failed",
+            text: &format!("You are not signed in: {why}."),
+            show_sign_in: true,
+        },
+    )
+}
+
+/// Signed in, but in none of the console's groups.
+pub fn no_access(viewer: &Viewer) -> Response<Full<Bytes>> {
+    render(
+        StatusCode::FORBIDDEN,
+        Message {
+            viewer: Some(viewer),
+            title: "No access",
+            text: &format!(
+                "You are signed in as {}, but the console is only for the security team (the audit trail) and for exception approvers, and your groups include neither. Ask your manager to request access if you need it.",
+                viewer.user.id
+            ),
+            show_sign_in: false,
+        },
+    )
+}
+
+/// Signed in with a role, but not the one this page or form needs.
+pub fn forbidden(viewer: &Viewer) -> Response<Full<Bytes>> {
+    render(
+        StatusCode::FORBIDDEN,
+        Message {
+            viewer: Some(viewer),
+            title: "Not allowed",
+            text: "Your role does not include this page or action. Nothing was changed.",
+            show_sign_in: false,
+        },
+    )
+}
+
+// ---- the trail ----------------------------------------------------------------------------
+
+/// The search form as the person filled it in (echoed back into the page).
+#[derive(Default)]
+pub struct SearchForm {
+    principal: String,
+    workspace: String,
+    action: String,
+    category: String,
+    decision: String,
+    rule: String,
+    exception: String,
+    bucket: String,
+    asset: String,
+    since: String,
+    until: String,
+}
+
+const FIELDS: [&str; 11] = [
+    "principal",
+    "workspace",
+    "action",
+    "category",
+    "decision",
+    "rule",
+    "exception",
+    "bucket",
+    "asset",
+    "since",
+    "until",
+];
+
+impl SearchForm {
+    fn from_query(query: &[(String, String)]) -> SearchForm {
+        let get = |name: &str| field(query, name).unwrap_or("").trim().to_owned();
+        SearchForm {
+            principal: get("principal"),
+            workspace: get("workspace"),
+            action: get("action"),
+            category: get("category"),
+            decision: get("decision"),
+            rule: get("rule"),
+            exception: get("exception"),
+            bucket: get("bucket"),
+            asset: get("asset"),
+            since: get("since"),
+            until: get("until"),
+        }
+    }
+
+    fn values(&self) -> [&str; 11] {
+        [
+            &self.principal,
+            &self.workspace,
+            &self.action,
+            &self.category,
+            &self.decision,
+            &self.rule,
+            &self.exception,
+            &self.bucket,
+            &self.asset,
+            &self.since,
+            &self.until,
+        ]
+    }
+
+    fn filter(&self, now: std::time::SystemTime) -> Result<Filter, String> {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let bound = |s: &str, name: &str| -> Result<Option<String>, String> {
+            if s.is_empty() {
+                return Ok(None);
+            }
+            query::time_bound(s, now)
+                .map(Some)
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        if !matches!(self.decision.as_str(), "" | "allow" | "deny" | "would_deny") {
+            return Err(format!(
+                "decision: {:?} is not allow, deny or would_deny",
+                self.decision
+            ));
+        }
+        Ok(Filter {
+            principal: opt(&self.principal),
+            workspace: opt(&self.workspace),
+            action: opt(&self.action),
+            category: opt(&self.category),
+            decision: opt(&self.decision),
+            rule: opt(&self.rule),
+            exception: opt(&self.exception),
+            bucket: opt(&self.bucket),
+            asset: opt(&self.asset),
+            request_id: None,
+            since: bound(&self.since, "since")?,
+            until: bound(&self.until, "until")?,
+            limit: None,
+        })
+    }
+
+    /// The query string of this search at `page`.
+    fn link(&self, page: usize) -> String {
+        let mut pairs: Vec<(&str, &str)> = FIELDS
+            .iter()
+            .zip(self.values())
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, v))
+            .collect();
+        let page = page.to_string();
+        pairs.push(("page", &page));
+        format!("/trail?{}", super::oidc::form_encode(&pairs))
+    }
+}
+
+/// One request as a row of the trail.
+pub struct TrailRow {
+    exchange: String,
+    request_id: String,
+    when_utc: String,
+    when_ago: String,
+    principal: String,
+    workspace: String,
+    action: String,
+    category: String,
+    asset: String,
+    /// `allow`, `deny` or `would_deny`: also the row's CSS class.
+    effect: String,
+    effect_label: String,
+    rule: String,
+    reason: String,
+    status: String,
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut v = v;
+    for p in path {
+        match v.get(*p) {
+            Some(next) => v = next,
+            None => return "",
+        }
+    }
+    v.as_str().unwrap_or("")
+}
+
+/// The asset as people know it: `dbfs:/…`, `/Volumes/…`, `s3://bucket/key`.
+fn asset_of(decision: &Value) -> String {
+    query::asset_name(decision).unwrap_or_default()
+}
+
+impl TrailRow {
+    fn of(hit: &query::Hit, now: i64) -> TrailRow {
+        let d = &hit.decision;
+        let ts = str_at(d, &["ts"]);
+        let would_deny = str_at(d, &["decision", "would_deny"]);
+        let (effect, effect_label) = match (str_at(d, &["decision", "effect"]), would_deny) {
+            ("allow", w) if !w.is_empty() => ("would_deny", "would deny (report-only)"),
+            ("allow", _) => ("allow", "allowed"),
+            ("deny", _) => ("deny", "denied"),
+            (other, _) => (other, other),
+        };
+        let status = match &hit.completion {
+            Some(c) => match c.get("status").and_then(Value::as_u64) {
+                Some(0) | None => str_at(c, &["error"]).to_owned(),
+                Some(s) => s.to_string(),
+            },
+            None => "–".to_owned(),
+        };
+        let rule = if would_deny.is_empty() {
+            str_at(d, &["decision", "rule"])
+        } else {
+            would_deny
+        };
+        TrailRow {
+            exchange: str_at(d, &["exchange"]).to_owned(),
+            request_id: str_at(d, &["request_id"]).to_owned(),
+            when_utc: human::utc(ts),
+            when_ago: human::unix_of(ts).map_or(String::new(), |t| human::relative(t, now)),
+            principal: str_at(d, &["principal", "id"]).to_owned(),
+            workspace: str_at(d, &["workspace"]).to_owned(),
+            action: str_at(d, &["action", "name"]).to_owned(),
+            category: str_at(d, &["action", "category"]).to_owned(),
+            asset: asset_of(d),
+            effect: effect.to_owned(),
+            effect_label: effect_label.to_owned(),
+            rule: rule.to_owned(),
+            reason: str_at(d, &["decision", "reason"]).to_owned(),
+            status,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/trail.html")]
+struct TrailPage<'a> {
+    viewer: Option<&'a Viewer>,
+    form: SearchForm,
+    decisions: [(&'static str, &'static str); 4],
+    rows: Vec<TrailRow>,
+    total: usize,
+    page: usize,
+    pages: usize,
+    newer: Option<String>,
+    older: Option<String>,
+    error: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    crate::identity::unix_now() as i64
+}
+
+pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Response<Full<Bytes>> {
+    let form = SearchForm::from_query(query);
+    let page = field(query, "page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut view = TrailPage {
+        viewer: Some(viewer),
+        decisions: [
+            ("", "any"),
+            ("deny", "denied"),
+            ("allow", "allowed"),
+            ("would_deny", "would deny (report-only)"),
+        ],
+        rows: Vec::new(),
+        total: 0,
+        page,
+        pages: 1,
+        newer: None,
+        older: None,
+        error: None,
+        form,
+    };
+    let found = view
+        .form
+        .filter(std::time::SystemTime::now())
+        .and_then(|filter| query::page(dir, &filter, (page - 1) * PAGE_SIZE, PAGE_SIZE));
+    match found {
+        Ok(found) => {
+            let now = unix_now();
+            view.rows = found.hits.iter().map(|h| TrailRow::of(h, now)).collect();
+            view.total = found.total;
+            view.pages = found.total.div_ceil(PAGE_SIZE).max(1);
+            view.newer = (page > 1).then(|| view.form.link(page - 1));
+            view.older = (page < view.pages).then(|| view.form.link(page + 1));
+        }
+        Err(e) => view.error = Some(e),
+    }
+    render(StatusCode::OK, view)
+}
+
+#[derive(Template)]
+#[template(path = "console/request.html")]
+struct RequestPage<'a> {
+    viewer: Option<&'a Viewer>,
+    row: TrailRow,
+    facts: Vec<(&'static str, String)>,
+    decision_json: String,
+    completion_json: Option<String>,
+}
+
+/// One request: its decision and completion joined, with everything recorded.
+pub fn request(viewer: &Viewer, dir: &Path, exchange: &str) -> Response<Full<Bytes>> {
+    // The join key is gateway-made hex and dashes; anything else names nothing.
+    if exchange.is_empty()
+        || !exchange
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return not_found(viewer);
+    }
+    let mut hit = None;
+    let scan = query::for_each_line(dir, |line| {
+        let phase_decision = query_contains(line, br#""phase":"decision""#);
+        let phase_completion = query_contains(line, br#""phase":"completion""#);
+        if !(phase_decision || phase_completion) {
+            return;
+        }
+        let needle = format!("\"exchange\":\"{exchange}\"");
+        if !query_contains(line, needle.as_bytes()) {
+            return;
+        }
+        let Ok(record) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        if phase_decision {
+            hit = Some(query::Hit {
+                decision: record,
+                completion: None,
+            });
+        } else if let Some(h) = hit.as_mut() {
+            h.completion = Some(record);
+        }
+    });
+    let Some(hit) = hit.filter(|_| scan.is_ok()) else {
+        return not_found(viewer);
+    };
+    let d = &hit.decision;
+    let c = hit.completion.as_ref();
+    let mut facts: Vec<(&'static str, String)> = vec![
+        ("Request id", str_at(d, &["request_id"]).to_owned()),
+        (
+            "Time",
+            format!(
+                "{} ({})",
+                human::utc(str_at(d, &["ts"])),
+                human::unix_of(str_at(d, &["ts"]))
+                    .map_or(String::new(), |t| human::relative(t, unix_now()))
+            ),
+        ),
+        (
+            "Principal",
+            format!(
+                "{} ({}, {})",
+                str_at(d, &["principal", "id"]),
+                str_at(d, &["principal", "type"]),
+                str_at(d, &["principal", "auth"])
+            ),
+        ),
+        (
+            "Groups",
+            d.pointer("/principal/groups")
+                .and_then(Value::as_array)
+                .map(|g| {
+                    g.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        ),
+        ("Workspace", str_at(d, &["workspace"]).to_owned()),
+        (
+            "Service and action",
+            format!(
+                "{} ({})",
+                str_at(d, &["action", "name"]),
+                str_at(d, &["action", "category"])
+            ),
+        ),
+        (
+            "Request",
+            format!(
+                "{} {}{}",
+                str_at(d, &["request", "method"]),
+                str_at(d, &["request", "host"]),
+                str_at(d, &["request", "path"])
+            ),
+        ),
+        (
+            "Request parameters",
+            str_at(d, &["request", "query"]).to_owned(),
+        ),
+        ("Asset", asset_of(d)),
+        (
+            "Exception",
+            str_at(d, &["decision", "exception"]).to_owned(),
+        ),
+        ("Client", str_at(d, &["client", "addr"]).to_owned()),
+        ("Gateway", str_at(d, &["gateway"]).to_owned()),
+        (
+            "Trail position",
+            format!(
+                "record {} of gateway {}",
+                d.get("seq").map(Value::to_string).unwrap_or_default(),
+                str_at(d, &["gateway"])
+            ),
+        ),
+    ];
+    if let Some(c) = c {
+        let num = |k: &str| c.get(k).map(Value::to_string).unwrap_or_default();
+        facts.push(("Response status", num("status")));
+        facts.push((
+            "Bytes in / out",
+            format!("{} / {}", num("bytes_in"), num("bytes_out")),
+        ));
+        facts.push((
+            "Duration",
+            format!(
+                "{} µs (upstream {} µs)",
+                num("duration_us"),
+                num("upstream_us")
+            ),
+        ));
+        let error = str_at(c, &["error"]);
+        if !error.is_empty() {
+            facts.push(("Ended with", error.to_owned()));
+        }
+    }
+    facts.retain(|(_, v)| !v.is_empty() && v != "null");
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    render(
+        StatusCode::OK,
+        RequestPage {
+            viewer: Some(viewer),
+            row: TrailRow::of(&hit, unix_now()),
+            facts,
+            decision_json: pretty(d),
+            completion_json: c.map(pretty),
+        },
+    )
+}
+
+fn query_contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(hay, needle).is_some()
+}
+
+fn not_found(viewer: &Viewer) -> Response<Full<Bytes>> {
+    render(
+        StatusCode::NOT_FOUND,
+        Message {
+            viewer: Some(viewer),
+            title: "No such request",
+            text: "The trail has no request with this id.",
+            show_sign_in: false,
+        },
+    )
+}
+
+// ---- exceptions ---------------------------------------------------------------------------
+
+pub struct Flash {
+    kind: &'static str,
+    text: String,
+}
+
+pub struct ExceptionRow {
+    id: String,
+    kind: &'static str,
+    subject: String,
+    scope: String,
+    reason: String,
+    ticket: String,
+    requester: String,
+    requested: String,
+    duration: String,
+    approvals: String,
+    status: &'static str,
+    time_left: String,
+    closed: String,
+}
+
+fn kind_label(scope: &Scope) -> &'static str {
+    match scope {
+        Scope::RawBucket { .. } => "raw-bucket access",
+        Scope::Download { .. } => "download",
+        Scope::WorkspaceAccess { .. } => "workspace access",
+    }
+}
+
+/// The scope as the people who asked for it would say it.
+fn scope_text(scope: &Scope) -> String {
+    match scope {
+        Scope::RawBucket {
+            bucket,
+            prefix,
+            ops,
+        } => {
+            let ops: Vec<&str> = ops
+                .iter()
+                .map(|o| match o {
+                    crate::exceptions::model::Op::Read => "read",
+                    crate::exceptions::model::Op::List => "list",
+                    crate::exceptions::model::Op::Write => "write",
+                })
+                .collect();
+            format!("{} of s3://{bucket}/{prefix}", ops.join(", "))
+        }
+        Scope::Download {
+            workspace,
+            actions,
+            prefix,
+        } => format!(
+            "{} of {} in {workspace}",
+            actions.join(", "),
+            if prefix.is_empty() {
+                "anything"
+            } else {
+                prefix
+            }
+        ),
+        Scope::WorkspaceAccess {
+            workspace,
+            categories,
+        } => format!("{} in {workspace}", categories.join(", ")),
+    }
+}
+
+fn when(ms: i64, now: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    format!("{} ({})", human::utc_of(secs), human::relative(secs, now))
+}
+
+impl ExceptionRow {
+    fn of(ex: &Exception, now_ms: i64) -> ExceptionRow {
+        let now = now_ms.div_euclid(1000);
+        let status = ex.status_at(now_ms);
+        let approvers: Vec<String> = ex
+            .approvals
+            .iter()
+            .map(|a| match &a.comment {
+                Some(c) => format!("{} (“{c}”)", a.approver),
+                None => a.approver.clone(),
+            })
+            .collect();
+        ExceptionRow {
+            id: ex.id.clone(),
+            kind: kind_label(&ex.scope),
+            subject: ex.subject.to_string(),
+            scope: scope_text(&ex.scope),
+            reason: ex.reason.clone(),
+            ticket: ex.ticket.clone(),
+            requester: ex.requester.clone(),
+            requested: when(ex.requested_at, now),
+            duration: human::duration_secs((ex.duration_ms.max(0) / 1000) as u64),
+            approvals: format!(
+                "{} of {} needed{}{}",
+                ex.approvals.len(),
+                ex.required_approvals,
+                if approvers.is_empty() { "" } else { ": " },
+                approvers.join(", ")
+            ),
+            status: status.as_str(),
+            time_left: match ex.expires_at {
+                Some(end) if end > now_ms => format!(
+                    "{} left, until {}",
+                    human::duration_secs(((end - now_ms) / 1000) as u64),
+                    human::utc_of(end.div_euclid(1000))
+                ),
+                _ => String::new(),
+            },
+            closed: match &ex.closed {
+                Some(c) => format!(
+                    "{} by {}{}",
+                    when(c.at, now),
+                    c.by,
+                    c.comment
+                        .as_ref()
+                        .map(|m| format!(": “{m}”"))
+                        .unwrap_or_default()
+                ),
+                None => match ex.approved_at {
+                    Some(at) => format!("approved {}", when(at, now)),
+                    None => String::new(),
+                },
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/exceptions.html")]
+struct ExceptionsPage<'a> {
+    viewer: Option<&'a Viewer>,
+    csrf: &'a str,
+    flash: Option<Flash>,
+    pending: Vec<ExceptionRow>,
+    active: Vec<ExceptionRow>,
+    history: Vec<ExceptionRow>,
+}
+
+pub async fn exceptions(
+    viewer: &Viewer,
+    service: &Service,
+    flash: Option<Flash>,
+) -> Response<Full<Bytes>> {
+    let all = match service.list(None, None, None).await {
+        Ok(all) => all,
+        Err(e) => {
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The exception store is unavailable",
+                &e.message,
+            )
+        }
+    };
+    let now = crate::exceptions::now_ms();
+    let mut page = ExceptionsPage {
+        viewer: Some(viewer),
+        csrf: &viewer.csrf,
+        flash,
+        pending: Vec::new(),
+        active: Vec::new(),
+        history: Vec::new(),
+    };
+    for ex in &all {
+        let row = ExceptionRow::of(ex, now);
+        match ex.status_at(now) {
+            Status::Pending => page.pending.push(row),
+            Status::Approved if ex.in_force_at(now) => page.active.push(row),
+            _ => page.history.push(row),
+        }
+    }
+    render(StatusCode::OK, page)
+}
+
+/// Approve, reject or revoke, through the same service (and so the same rules: no
+/// self-approval, N-of-M, `max_days`) as the admin API, under the approver's own identity.
+pub async fn act_on_exception(
+    viewer: &Viewer,
+    service: &Service,
+    id: &str,
+    action: &str,
+    form: &[(String, String)],
+) -> Response<Full<Bytes>> {
+    let Some(comment) = field(form, "comment")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    else {
+        let flash = Flash {
+            kind: "error",
+            text: "Nothing was changed: a comment is required.".to_owned(),
+        };
+        return with_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            exceptions(viewer, service, Some(flash)).await,
+        );
+    };
+    let actor = Actor {
+        id: viewer.user.id.clone(),
+        groups: viewer.user.groups.clone(),
+    };
+    let comment = Some(comment.to_owned());
+    let (verb, outcome) = match (action, field(form, "decision")) {
+        ("decide", Some("approve")) => ("approved", service.approve(id, &actor, comment).await),
+        ("decide", Some("reject")) => ("rejected", service.reject(id, &actor, comment).await),
+        ("revoke", _) => ("revoked", service.revoke(id, &actor, comment).await),
+        _ => return forbidden(viewer),
+    };
+    match outcome {
+        Ok(ex) => {
+            tracing::info!(user = %viewer.user.id, exception = %ex.id, verb, "console: exception changed");
+            let text = match (verb, ex.status) {
+                ("approved", Status::Pending) => format!(
+                    "Your approval of {} is recorded; it needs {} more before it is in force.",
+                    ex.id,
+                    ex.required_approvals
+                        .saturating_sub(ex.approvals.len() as u32)
+                ),
+                _ => format!("Exception {} {verb}.", ex.id),
+            };
+            exceptions(viewer, service, Some(Flash { kind: "ok", text })).await
+        }
+        Err(e) => {
+            let flash = Flash {
+                kind: "error",
+                text: format!("Nothing was changed: {}", e.message),
+            };
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            with_status(status, exceptions(viewer, service, Some(flash)).await)
+        }
+    }
+}
+
+fn with_status(status: StatusCode, mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    if r.status() == StatusCode::OK {
+        *r.status_mut() = status;
+    }
+    r
+}

@@ -1,0 +1,673 @@
+//! The review console in a real browser (Debian's Chromium through chromedriver) against the
+//! real gateway and a real OpenID Provider on loopback (panva's oidc-provider, which enforces
+//! PKCE). One browser at a time: these machines have two cores.
+//!
+//! Needs /usr/bin/chromium, /usr/bin/chromedriver, node and `tests/oidc/node_modules`
+//! (`.ci/run` installs them). Without them the tests say so and pass, unless
+//! `GATEHOUSE_REQUIRE_BROWSER=1` (as in CI), where a missing tool fails them.
+//! Screenshots of the main pages go to `target/console-screenshots/`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Harness;
+use fantoccini::{Client, ClientBuilder, Locator};
+use gatehouse::testing::FixtureOptions;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CLIENT_SECRET: &str = "console-test-secret";
+
+/// Browser tests run one at a time.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether the browser and the provider can run here; if not, why.
+fn tools_missing() -> Option<String> {
+    let needed = [
+        (PathBuf::from(CHROMIUM), "chromium"),
+        (PathBuf::from(CHROMEDRIVER), "chromium-driver"),
+        (
+            repo().join("tests/oidc/node_modules/oidc-provider"),
+            "npm ci --prefix tests/oidc",
+        ),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(p, _)| !p.exists())
+        .map(|(_, what)| *what)
+        .collect();
+    let node = Command::new("node").arg("--version").output().is_ok();
+    match (missing.is_empty(), node) {
+        (true, true) => None,
+        _ => Some(format!(
+            "missing: {missing:?}{}",
+            if node { "" } else { " node" }
+        )),
+    }
+}
+
+/// `None` when the tools are missing and not required: the test then only says so.
+fn browser_tools() -> Option<()> {
+    let Some(why) = tools_missing() else {
+        return Some(());
+    };
+    if std::env::var("GATEHOUSE_REQUIRE_BROWSER").as_deref() == Ok("1") {
+        panic!("browser tests are required here but cannot run: {why}");
+    }
+    eprintln!("skipping the browser test: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// chromedriver on a free port, ready for sessions.
+fn chromedriver() -> (Process, String) {
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let process = Process(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (process, url)
+}
+
+/// The OpenID Provider, with `redirect` as its client's only redirect URI. Returns its issuer.
+fn provider(redirect: &str) -> (Process, String) {
+    let mut child = Command::new("node")
+        .arg(repo().join("tests/oidc/provider.mjs"))
+        .arg("0")
+        .env("OIDC_CLIENT_ID", "gatehouse-console")
+        .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
+        .env("OIDC_REDIRECT_URIS", redirect)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node starts the provider");
+    let stdout = child.stdout.take().unwrap();
+    let process = Process(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let ready: Value = serde_json::from_str(&line).expect("the provider prints its ready line");
+    (process, ready["issuer"].as_str().unwrap().to_owned())
+}
+
+/// The gateway with the console, the provider, and a browser.
+struct Console {
+    h: Harness,
+    /// `https://localhost:PORT`: where the console is.
+    base: String,
+    browser: Client,
+    _provider: Process,
+    _driver: Process,
+    _secrets: tempfile::TempDir,
+}
+
+impl Console {
+    async fn start() -> Console {
+        let admin_port = free_port();
+        let base = format!("https://localhost:{admin_port}");
+        let redirect = format!("{base}/auth/callback");
+        let (op, issuer) = provider(&redirect);
+        let secrets = tempfile::tempdir().unwrap();
+        let secret_file = secrets.path().join("client-secret");
+        std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
+        let store = secrets.path().join("exceptions.db");
+        let extra = format!(
+            r#"
+[exceptions]
+store = "sqlite://{store}"
+approver_groups = ["cdao-approvers"]
+
+[[bucket]]
+name = "buk-raw-landing"
+class = "raw"
+
+[console]
+oidc_issuer = "{issuer}"
+client_id = "gatehouse-console"
+client_secret_file = "{secret}"
+redirect_url = "{redirect}"
+auditor_groups = ["sec-auditors"]
+"#,
+            store = store.display(),
+            secret = secret_file.display(),
+        );
+        let h = Harness::with(
+            FixtureOptions {
+                admin_listen: format!("127.0.0.1:{admin_port}"),
+                extra_toml: extra,
+                ..Default::default()
+            },
+            |_| {},
+        )
+        .await;
+        let (driver, driver_url) = chromedriver();
+        let browser = browser(&driver_url).await;
+        Console {
+            h,
+            base,
+            browser,
+            _provider: op,
+            _driver: driver,
+            _secrets: secrets,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Signs in through the provider's login form as `login`.
+    async fn sign_in(&self, login: &str) {
+        let c = &self.browser;
+        c.goto(&self.url("/")).await.unwrap();
+        c.find(Locator::Css("#sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let name = c
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css("input[name=login]"))
+            .await
+            .expect("the provider's login form");
+        name.send_keys(login).await.unwrap();
+        c.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys("any password")
+            .await
+            .unwrap();
+        c.find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.browser
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let dir = repo().join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.browser.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn close(self) {
+        let _ = self.browser.close().await;
+    }
+}
+
+async fn browser(driver: &str) -> Client {
+    let profile = tempfile::tempdir().unwrap().keep();
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    // The gateway's development certificate is not in Chromium's store.
+    caps.insert("acceptInsecureCerts".into(), json!(true));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-quic", "--no-first-run", "--window-size=1360,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(driver)
+        .await
+        .expect("a Chromium session")
+}
+
+/// A download the platform blocks, made by alice on the data path.
+async fn denied_download(h: &Harness) -> String {
+    let reply = h
+        .get(
+            "/api/2.0/dbfs/read?path=/tmp/results.csv&offset=0",
+            &h.alice(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    reply.headers["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let console = Console::start().await;
+    let request_id = denied_download(&console.h).await;
+
+    console.sign_in("auditor1").await;
+    assert_eq!(console.text("#user").await, "auditor1");
+    let cookie = console
+        .browser
+        .get_named_cookie("__Host-gatehouse-console")
+        .await
+        .expect("the session cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.secure(), Some(true));
+
+    // The trail, narrowed to denied downloads.
+    let c = &console.browser;
+    c.goto(&console.url("/trail")).await.unwrap();
+    c.find(Locator::Css("input[name=category]"))
+        .await
+        .unwrap()
+        .send_keys("download")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#decision option[value=deny]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#search-go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let results = console.text("#results tbody").await;
+    assert!(results.contains("alice@bank.example"), "{results}");
+    assert!(results.contains("dbfs.read"), "{results}");
+    assert!(results.contains("dbfs:/tmp/results.csv"), "{results}");
+    assert!(results.contains("denied"), "{results}");
+    assert!(console
+        .text("#count")
+        .await
+        .starts_with("1 matching request"));
+    console.screenshot("trail").await;
+
+    c.find(Locator::Css("#results tbody a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(console.text("#rule").await, "downloads.blocked");
+    let facts = console.text("#facts").await;
+    assert!(facts.contains(&request_id), "{facts}");
+    assert!(facts.contains("403"), "the completion is joined: {facts}");
+    assert!(!console.text("#reason").await.is_empty());
+    console.screenshot("request").await;
+
+    // An auditor is not an approver.
+    c.goto(&console.url("/exceptions")).await.unwrap();
+    assert_eq!(console.text("#title").await, "Not allowed");
+    console.close().await;
+}
+
+#[tokio::test]
+async fn someone_in_no_console_group_sees_no_access() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let console = Console::start().await;
+    console.sign_in("nobody1").await;
+    assert_eq!(console.text("#title").await, "No access");
+    console.browser.goto(&console.url("/trail")).await.unwrap();
+    assert_eq!(console.text("#title").await, "No access");
+    console.screenshot("no-access").await;
+    console.close().await;
+}
+
+/// Someone who changes the PKCE challenge on its way to the provider cannot finish the
+/// login: the gateway redeems the code with its own verifier and the provider refuses.
+#[tokio::test]
+async fn a_login_whose_pkce_challenge_was_tampered_with_fails() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let console = Console::start().await;
+    let (status, headers) = get_raw(&console.h, "/login").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let location = headers["location"].to_str().unwrap().to_owned();
+    let binding = headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("__Host-gatehouse-login="))
+        .and_then(|v| v.split(';').next())
+        .expect("a login binding cookie")
+        .to_owned();
+    let challenge = location
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("code_challenge="))
+        .unwrap()
+        .to_owned();
+    let forged =
+        gatehouse::console::oidc::pkce_challenge("a verifier the attacker chose, 43+ chars long");
+    let tampered = location.replace(&challenge, &forged);
+
+    let c = &console.browser;
+    c.goto(&console.url("/")).await.unwrap();
+    c.issue_cmd(AddHostCookie {
+        name: "__Host-gatehouse-login",
+        value: binding,
+    })
+    .await
+    .expect("the login binding cookie is set in the browser");
+    c.goto(&tampered).await.unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap()
+        .send_keys("auditor1")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("x")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(console.text("#title").await, "Sign-in failed");
+    let why = console.text("#message").await;
+    assert!(why.contains("refused to redeem"), "{why}");
+    assert!(
+        c.get_named_cookie("__Host-gatehouse-console")
+            .await
+            .is_err(),
+        "no session was created"
+    );
+    c.goto(&console.url("/trail")).await.unwrap();
+    assert!(console.text("#sign-in").await.contains("Sign in"));
+    console.close().await;
+}
+
+/// WebDriver's Add Cookie without a `domain` member: a host-only cookie, as the `__Host-`
+/// prefix requires (fantoccini's `add_cookie` sends `"domain": null`, which chromedriver
+/// refuses).
+#[derive(Debug)]
+struct AddHostCookie {
+    name: &'static str,
+    value: String,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for AddHostCookie {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/cookie", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        let cookie = json!({"cookie": {
+            "name": self.name, "value": self.value, "path": "/",
+            "secure": true, "httpOnly": true, "sameSite": "Lax",
+        }});
+        (http::Method::POST, Some(cookie.to_string()))
+    }
+}
+
+/// GET on the admin listener without following redirects; the status and headers.
+async fn get_raw(h: &Harness, path: &str) -> (StatusCode, http::HeaderMap) {
+    use http_body_util::BodyExt;
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, false).unwrap();
+    let url = format!("https://localhost:{}{path}", h.running().admin_addr.port());
+    let resp = client
+        .request(
+            http::Request::get(url)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let _ = resp.into_body().collect().await;
+    (status, headers)
+}
+
+/// A pending raw-bucket request, made through the admin API by `requester`.
+async fn pending_request(h: &Harness, reason: &str) -> String {
+    let alice = h.token("alice@bank.example", "user", &["data-scientists"]);
+    let (status, body) = h
+        .admin(
+            Method::POST,
+            "/v1/exceptions",
+            Some(&alice),
+            Some(json!({
+                "kind": "raw-bucket", "subject": "sp-aiml-lab", "bucket": "buk-raw-landing",
+                "prefix": "landing/", "ops": ["read"], "reason": reason,
+                "ticket": "CHG-7", "duration": "4h"
+            })),
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn exception_status(h: &Harness, id: &str) -> String {
+    let carol = h.token("carol@bank.example", "user", &["cdao-approvers"]);
+    let (_, body) = h
+        .admin(
+            Method::GET,
+            &format!("/v1/exceptions/{id}"),
+            Some(&carol),
+            None,
+        )
+        .await;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    body["status"].as_str().unwrap_or("?").to_owned()
+}
+
+#[tokio::test]
+async fn a_reason_with_markup_shows_as_text_and_a_cross_site_post_changes_nothing() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let console = Console::start().await;
+    let reason = "<script>document.title='pwned'</script><b>needs</b> the feed";
+    let id = pending_request(&console.h, reason).await;
+    console.sign_in("approver1").await;
+    let c = &console.browser;
+    c.goto(&console.url("/exceptions")).await.unwrap();
+    let shown = console.text(&format!("#pending-{id} .reason")).await;
+    assert_eq!(shown, reason, "the reason is shown as typed, as text");
+    assert_ne!(c.title().await.unwrap(), "pwned");
+    let scripts = c
+        .execute(
+            "return document.querySelectorAll('main script, main b').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        scripts,
+        json!(0),
+        "no markup from the reason became an element"
+    );
+    console.screenshot("exceptions").await;
+
+    // A page on another origin posts an approval into the console.
+    let attacker = attacker_page(&console.url(&format!("/exceptions/{id}/decide"))).await;
+    c.goto(&attacker).await.unwrap();
+    c.find(Locator::Css("#go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let title = console.text("h1").await;
+    assert!(
+        title.contains("Refused") || title.contains("Not signed in"),
+        "the forged post was answered with {title:?}"
+    );
+    assert_eq!(exception_status(&console.h, &id).await, "pending");
+    console.close().await;
+}
+
+/// Serves, on another loopback origin, a page whose form posts to `target`.
+async fn attacker_page(target: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let page = format!(
+        "<!doctype html><form method=post action=\"{target}\"><input name=decision value=approve><input name=comment value=forged><input name=csrf value=guessed><button id=go>win a prize</button></form>"
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let page = page.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/")
+}
+
+#[tokio::test]
+async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let console = Console::start().await;
+    let id = pending_request(&console.h, "reconcile the landing feed").await;
+    // Raw data needs two approvers: erin approves through the API first.
+    let erin = console
+        .h
+        .token("erin@bank.example", "user", &["cdao-approvers"]);
+    let (status, _) = console
+        .h
+        .admin(
+            Method::POST,
+            &format!("/v1/exceptions/{id}/approve"),
+            Some(&erin),
+            Some(json!({"comment": "ok"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    console.sign_in("approver1").await;
+    let c = &console.browser;
+    c.goto(&console.url("/exceptions")).await.unwrap();
+    let card = format!("#pending-{id}");
+    // A decision needs a comment: the browser itself refuses an empty one (required).
+    c.find(Locator::Css(&format!("{card} textarea[name=comment]")))
+        .await
+        .unwrap()
+        .send_keys("checked with the data owner")
+        .await
+        .unwrap();
+    c.find(Locator::Css(&format!("{card} button.approve")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let flash = console.text("#flash").await;
+    assert!(flash.contains("approved"), "{flash}");
+    let active = console.text(&format!("#active-{id}")).await;
+    assert!(active.contains("left, until"), "{active}");
+    assert!(active.contains("s3://buk-raw-landing/landing/"), "{active}");
+    assert_eq!(exception_status(&console.h, &id).await, "approved");
+    console.screenshot("exception-in-force").await;
+
+    c.find(Locator::Css(&format!(
+        "#active-{id} textarea[name=comment]"
+    )))
+    .await
+    .unwrap()
+    .send_keys("feed reconciled")
+    .await
+    .unwrap();
+    c.find(Locator::Css(&format!("#active-{id} button.reject")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(console.text("#flash").await.contains("revoked"));
+    assert_eq!(exception_status(&console.h, &id).await, "revoked");
+    let history = console.text(&format!("#history-{id}")).await;
+    assert!(history.contains("approver1"), "{history}");
+
+    // Every step is in the trail under the approver's own identity.
+    let trail = gatehouse::testing::trail_text(&console.h.fixture.audit_dir);
+    assert!(
+        trail.contains("\"approver1\""),
+        "the console's approver is named in the trail"
+    );
+    console.close().await;
+}
