@@ -295,6 +295,11 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
 
     console.sign_in("auditor1").await;
     assert_eq!(console.text("#user").await, "auditor1");
+    let integrity = console.text("#integrity").await;
+    assert!(
+        integrity.starts_with("Trail verified") && integrity.contains("records hold"),
+        "every page says whether the trail holds: {integrity}"
+    );
     let cookie = console
         .browser
         .get_named_cookie("__Host-gatehouse-console")

@@ -118,6 +118,15 @@ impl Signer {
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
+
+    /// The checking half of this key.
+    pub fn public_key(&self) -> PublicKey {
+        let raw = self.pair.public_key().as_ref().to_vec();
+        PublicKey {
+            key_id: key_id(&raw),
+            raw,
+        }
+    }
 }
 
 impl PublicKey {

@@ -5,6 +5,7 @@
 //! remote script outright.
 
 pub mod human;
+pub mod integrity;
 pub mod oidc;
 mod pages;
 pub mod session;
@@ -54,6 +55,7 @@ pub struct Console {
     provider_origin: String,
     callback_path: String,
     audit_dir: PathBuf,
+    integrity: Arc<integrity::Integrity>,
 }
 
 /// What a page is rendered for.
@@ -62,24 +64,36 @@ pub struct Viewer {
     pub user: User,
     pub roles: Roles,
     pub csrf: String,
+    pub integrity: integrity::IntegrityView,
 }
 
 impl Console {
-    pub fn new(config: &ConsoleConfig, audit_dir: PathBuf) -> Result<Arc<Console>, String> {
+    /// The console, and the task that verifies the trail for its pages (stop it with the
+    /// gateway). `key` checks the digests' signatures when the trail is signed.
+    pub fn new(
+        config: &ConsoleConfig,
+        audit_dir: PathBuf,
+        key: Option<crate::audit::digest::PublicKey>,
+    ) -> Result<(Arc<Console>, tokio::task::JoinHandle<()>), String> {
         let callback_path = config
             .redirect_url
             .parse::<http::Uri>()
             .map(|u| u.path().to_owned())
             .map_err(|_| "console.redirect_url is not a URL".to_owned())?;
-        Ok(Arc::new(Console {
-            provider: oidc::Provider::new(config)?,
+        let provider = oidc::Provider::new(config)?;
+        let (integrity, task) =
+            integrity::Integrity::start(audit_dir.clone(), key, integrity::EVERY);
+        let console = Arc::new(Console {
+            provider,
             sessions: Sessions::new(config.session_idle, config.session_max),
             origin: web::origin_of(&config.redirect_url),
             provider_origin: web::origin_of(&config.oidc_issuer),
             callback_path,
             audit_dir,
+            integrity,
             config: config.clone(),
-        }))
+        });
+        Ok((console, task))
     }
 
     /// Whether the console answers this path (the admin API keeps `/v1/…`, `/healthz`,
@@ -154,6 +168,7 @@ impl Console {
             user: current.user.clone(),
             roles,
             csrf: current.csrf.clone(),
+            integrity: self.integrity.view(),
         };
         if !roles.auditor && !roles.approver {
             return pages::no_access(&viewer);

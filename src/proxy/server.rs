@@ -104,8 +104,18 @@ async fn start_with(
         ),
         None => None,
     };
+    let mut background = background;
     let console = match &config.console {
-        Some(c) => Some(crate::console::Console::new(c, config.audit.dir.clone())?),
+        Some(c) => {
+            let key = match &config.audit.signing_key {
+                Some(path) => Some(crate::audit::digest::Signer::load(path)?.public_key()),
+                None => None,
+            };
+            let (console, verifying) =
+                crate::console::Console::new(c, config.audit.dir.clone(), key)?;
+            background.push(verifying);
+            Some(console)
+        }
         None => None,
     };
     let data = TcpListener::bind(config.server.listen)
