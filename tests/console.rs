@@ -353,6 +353,30 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
     assert!(!console.text("#reason").await.is_empty());
     console.screenshot("request").await;
 
+    // What is being blocked: the chart and the most denied.
+    c.goto(&console.url("/denials")).await.unwrap();
+    assert!(console
+        .text("#denials-total")
+        .await
+        .starts_with("1 denied request"));
+    assert!(console
+        .text("#top-principals")
+        .await
+        .contains("alice@bank.example 1"));
+    assert!(console
+        .text("#top-assets")
+        .await
+        .contains("dbfs:/tmp/results.csv"));
+    let bars = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#denials-chart rect title')).map(t => t.textContent)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bars, json!(["downloads.blocked: 1"]));
+    console.screenshot("denials").await;
+
     // An auditor is not an approver.
     c.goto(&console.url("/exceptions")).await.unwrap();
     assert_eq!(console.text("#title").await, "Not allowed");

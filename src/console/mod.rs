@@ -4,6 +4,7 @@
 //! (`pages`) and run no script at all, so the Content-Security-Policy can forbid inline and
 //! remote script outright.
 
+pub mod denials;
 pub mod human;
 pub mod integrity;
 pub mod oidc;
@@ -102,6 +103,7 @@ impl Console {
         matches!(path, "/" | "/login" | "/logout" | "/console.css")
             || path == self.callback_path
             || path == "/trail"
+            || path == "/denials"
             || path.starts_with("/trail/")
             || path == "/exceptions"
             || path.starts_with("/exceptions/")
@@ -184,6 +186,10 @@ impl Console {
             "/trail" if roles.auditor => {
                 let dir = self.audit_dir.clone();
                 blocking(move || pages::trail(&viewer, &dir, &query)).await
+            }
+            "/denials" if roles.auditor => {
+                let dir = self.audit_dir.clone();
+                blocking(move || pages::denials(&viewer, &dir, &query)).await
             }
             p if p.starts_with("/trail/") && roles.auditor => {
                 let (dir, exchange) = (self.audit_dir.clone(), p["/trail/".len()..].to_owned());

@@ -777,3 +777,102 @@ fn with_status(status: StatusCode, mut r: Response<Full<Bytes>>) -> Response<Ful
     }
     r
 }
+
+// ---- denials over time ---------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "console/denials.html")]
+struct DenialsPage<'a> {
+    viewer: Option<&'a Viewer>,
+    period: String,
+    periods: [(&'static str, &'static str); 4],
+    chart: String,
+    total: u32,
+    /// (name, link to its denials in the trail), count.
+    principals: Vec<((String, String), u32)>,
+    assets: Vec<((String, String), u32)>,
+    from_utc: String,
+    to_utc: String,
+    error: Option<String>,
+}
+
+/// Denials over a period by rule, and who and what was denied most.
+pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Response<Full<Bytes>> {
+    let period = field(query, "period").unwrap_or("24h");
+    let (period, secs) = match period {
+        "1h" => ("1h", 3600),
+        "7d" => ("7d", 7 * 86_400),
+        "30d" => ("30d", 30 * 86_400),
+        _ => ("24h", 86_400),
+    };
+    let end = unix_now() + 1;
+    let since = human::utc_of(end - secs);
+    let since_bound = query::time_bound(period, std::time::SystemTime::now()).unwrap_or_default();
+    let mut seen: Vec<(i64, String, String, Option<String>)> = Vec::new();
+    let scan = query::for_each_line(dir, |line| {
+        if !query_contains(line, br#""phase":"decision""#)
+            || !query_contains(line, br#""effect":"deny""#)
+        {
+            return;
+        }
+        let Ok(r) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        let ts = str_at(&r, &["ts"]);
+        if ts < since_bound.as_str() {
+            return;
+        }
+        let Some(at) = human::unix_of(ts) else { return };
+        seen.push((
+            at,
+            str_at(&r, &["decision", "rule"]).to_owned(),
+            str_at(&r, &["principal", "id"]).to_owned(),
+            query::asset_name(&r),
+        ));
+    });
+    let tally = super::denials::tally(
+        seen.iter()
+            .map(|(at, rule, who, asset)| super::denials::Denial {
+                at_unix: *at,
+                rule,
+                principal: who,
+                asset: asset.as_deref(),
+            }),
+        end,
+        secs,
+    );
+    let link = |key: &str, value: &str| {
+        format!(
+            "/trail?{}",
+            super::oidc::form_encode(&[(key, value), ("decision", "deny"), ("since", period)])
+        )
+    };
+    render(
+        StatusCode::OK,
+        DenialsPage {
+            viewer: Some(viewer),
+            period: period.to_owned(),
+            periods: [
+                ("1h", "last hour"),
+                ("24h", "last 24 hours"),
+                ("7d", "last 7 days"),
+                ("30d", "last 30 days"),
+            ],
+            chart: super::denials::svg(&tally),
+            total: tally.total,
+            principals: tally
+                .principals
+                .iter()
+                .map(|(p, n)| ((p.clone(), link("principal", p)), *n))
+                .collect(),
+            assets: tally
+                .assets
+                .iter()
+                .map(|(a, n)| ((a.clone(), link("asset", a)), *n))
+                .collect(),
+            from_utc: since,
+            to_utc: human::utc_of(end),
+            error: scan.err(),
+        },
+    )
+}
