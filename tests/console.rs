@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::s3::{s3_options, LAB_KEY};
 use common::Harness;
 use fantoccini::{Client, ClientBuilder, Locator};
-use gatehouse::testing::FixtureOptions;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -153,10 +153,6 @@ impl Console {
 store = "sqlite://{store}"
 approver_groups = ["cdao-approvers"]
 
-[[bucket]]
-name = "buk-raw-landing"
-class = "raw"
-
 [console]
 oidc_issuer = "{issuer}"
 client_id = "gatehouse-console"
@@ -167,15 +163,24 @@ auditor_groups = ["sec-auditors"]
             store = store.display(),
             secret = secret_file.display(),
         );
-        let h = Harness::with(
-            FixtureOptions {
-                admin_listen: format!("127.0.0.1:{admin_port}"),
-                extra_toml: extra,
-                ..Default::default()
-            },
-            |_| {},
+        // The stand-in's address is known once it runs: start plain, then again with S3
+        // (raw buckets, access keys) forwarding to it, over TLS, and the console.
+        let mut h = Harness::start().await;
+        h.running.take().unwrap().shutdown().await;
+        let mut options = s3_options(&h.standin.url(), &extra);
+        options.tls = true;
+        options.admin_listen = format!("127.0.0.1:{admin_port}");
+        h.fixture = gatehouse::testing::Fixture::create(
+            &h.fixture.dir.join("console"),
+            &h.standin.url(),
+            &options,
         )
-        .await;
+        .unwrap();
+        let running = gatehouse::proxy::server::start(&h.fixture.config)
+            .await
+            .unwrap();
+        h.port = running.data_addr.port();
+        h.running = Some(running);
         let (driver, driver_url) = chromedriver();
         let browser = browser(&driver_url).await;
         Console {
@@ -625,6 +630,45 @@ async fn attacker_page(target: &str) -> String {
     format!("http://127.0.0.1:{port}/")
 }
 
+/// The real AWS CLI (from the venv) reads one object of the raw bucket through the gateway as
+/// the lab's service principal. Whether it succeeded, and what it printed on stderr.
+async fn aws_read(h: &Harness, key: &str) -> (bool, String) {
+    let endpoint = format!("https://localhost:{}", h.port);
+    let ca = h.fixture.ca_cert.clone();
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let home = tempfile::tempdir().unwrap();
+        let out = home.path().join("object");
+        let output = Command::new(repo().join(".venv/bin/aws"))
+            .args(["--endpoint-url", &endpoint, "s3api", "get-object"])
+            .args(["--bucket", "buk-raw-landing", "--key", &key])
+            .arg(&out)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("AWS_ACCESS_KEY_ID", LAB_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", "not-checked-by-the-stand-in")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CA_BUNDLE", &ca)
+            .env("AWS_CONFIG_FILE", home.path().join("config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                home.path().join("credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_PAGER", "")
+            .output()
+            .expect("the venv's aws runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
     if browser_tools().is_none() {
@@ -633,6 +677,11 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
     let _one = ONE_BROWSER.lock().await;
     let console = Console::start().await;
     let id = pending_request(&console.h, "reconcile the landing feed").await;
+    let (read, err) = aws_read(&console.h, "landing/feed.csv").await;
+    assert!(
+        !read && err.contains("AccessDenied"),
+        "pending: still denied: {err}"
+    );
     // Raw data needs two approvers: erin approves through the API first.
     let erin = console
         .h
@@ -672,6 +721,14 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
     assert!(active.contains("s3://buk-raw-landing/landing/"), "{active}");
     assert_eq!(exception_status(&console.h, &id).await, "approved");
     console.screenshot("exception-in-force").await;
+    let (read, err) = aws_read(&console.h, "landing/feed.csv").await;
+    assert!(read, "the exception lets the AWS CLI read: {err}");
+    assert!(console
+        .h
+        .standin
+        .seen()
+        .iter()
+        .any(|s| s.path == "/buk-raw-landing/landing/feed.csv"));
 
     c.find(Locator::Css(&format!(
         "#active-{id} textarea[name=comment]"
@@ -689,6 +746,11 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
         .unwrap();
     assert!(console.text("#flash").await.contains("revoked"));
     assert_eq!(exception_status(&console.h, &id).await, "revoked");
+    let (read, err) = aws_read(&console.h, "landing/feed.csv").await;
+    assert!(
+        !read && err.contains("AccessDenied"),
+        "revoked: denied again: {err}"
+    );
     let history = console.text(&format!("#history-{id}")).await;
     assert!(history.contains("approver1"), "{history}");
 

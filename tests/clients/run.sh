@@ -9,17 +9,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="$root/.venv"
-req="$here/requirements.txt"
-stamp="$venv/.requirements.sha256"
-
-want="$(sha256sum "$req" | cut -d' ' -f1)"
-have="$(cat "$stamp" 2>/dev/null || true)"
-if [[ ! -x "$venv/bin/python" || "$want" != "$have" ]]; then
-    echo "run.sh: installing client test requirements into $venv" >&2
-    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-    echo "$want" > "$stamp"
-fi
+bash "$here/venv.sh"
 
 GATEHOUSE_BIN="${GATEHOUSE_BIN:-$root/target/debug/gatehouse}"
 export GATEHOUSE_BIN="$(realpath -m -- "$GATEHOUSE_BIN")"  # relative to the caller's directory
