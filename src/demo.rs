@@ -222,15 +222,23 @@ fn steps() -> Vec<Step> {
 }
 
 /// Runs the demo in `dir`, starting from the example configuration at `example`.
-pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
+/// With `console`, the demo also serves the review console on `https://localhost:PORT/`,
+/// with the loopback OpenID Provider of the tests (`tests/oidc`, after `npm ci --prefix
+/// tests/oidc`), and keeps running until Ctrl-C.
+pub async fn run(example: &Path, dir: &Path, console: Option<u16>) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let standin = StandIn::start()
         .await
         .map_err(|e| format!("cannot start the stand-in: {e}"))?;
+    let provider = match console {
+        Some(port) => Some(DemoProvider::start(dir, port)?),
+        None => None,
+    };
 
     // The example configuration, with development material and local addresses swapped in.
-    let (config, issuer, audience, hosts) = demo_config(example, dir, &standin.url())?;
+    let (config, issuer, audience, hosts) =
+        demo_config(example, dir, &standin.url(), provider.as_ref())?;
     let signer = TokenSigner::generate("demo-key-1")?;
     write_file(&dir.join("jwks.json"), signer.jwks_json().as_bytes(), false)?;
     let config = Config::load(&config).map_err(|e| e.to_string())?;
@@ -355,7 +363,14 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
         }
     }
 
-    running.shutdown().await;
+    // With the console, the gateway stays up for people to look around.
+    let running = match provider {
+        None => {
+            running.shutdown().await;
+            None
+        }
+        Some(_) => Some(running),
+    };
 
     println!();
     println!(
@@ -428,7 +443,88 @@ pub async fn run(example: &Path, dir: &Path) -> Result<(), String> {
         ));
     }
     println!("All requests were handled as expected.");
+    if let (Some(p), Some(running)) = (&provider, running) {
+        println!();
+        println!("Review console: https://localhost:{}/", p.port);
+        println!(
+            "  Your browser will warn about the development certificate (or trust {}).",
+            dir.join("certs/ca.crt").display()
+        );
+        println!(
+            "  Sign in at the demo's identity provider ({}) with any password as:",
+            p.issuer
+        );
+        println!(
+            "    auditor1   the security team: the trail, the blocked requests above, denials"
+        );
+        println!("    approver1  a CDAO approver: exception requests");
+        println!("  Ctrl-C stops the gateway.");
+        let _ = tokio::signal::ctrl_c().await;
+        running.shutdown().await;
+    }
     Ok(())
+}
+
+/// The tests' loopback OpenID Provider, for the console demo; stopped when dropped.
+pub struct DemoProvider {
+    child: std::process::Child,
+    port: u16,
+    issuer: String,
+    secret_file: std::path::PathBuf,
+}
+
+impl Drop for DemoProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DemoProvider {
+    fn start(dir: &Path, port: u16) -> Result<DemoProvider, String> {
+        use std::io::BufRead;
+        let script = Path::new("tests/oidc/provider.mjs");
+        if !Path::new("tests/oidc/node_modules/oidc-provider").exists() {
+            return Err("the console demo uses the tests' OpenID Provider: run `npm ci --prefix tests/oidc` (Node.js) from the repository's root first".to_owned());
+        }
+        let secret = crate::console::oidc::random_token();
+        let secret_file = dir.join("console-client-secret");
+        write_file(&secret_file, secret.as_bytes(), true)?;
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .arg("0")
+            .env("OIDC_CLIENT_ID", "gatehouse-console")
+            .env("OIDC_CLIENT_SECRET", &secret)
+            .env(
+                "OIDC_REDIRECT_URIS",
+                format!("https://localhost:{port}/auth/callback"),
+            )
+            .env("OIDC_EXIT_WITH_STDIN", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start node for the demo's identity provider: {e}"))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let issuer = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["issuer"].as_str().map(str::to_owned));
+        let Some(issuer) = issuer else {
+            let _ = child.kill();
+            return Err(
+                "the demo's identity provider did not start (tests/oidc/provider.mjs)".to_owned(),
+            );
+        };
+        Ok(DemoProvider {
+            child,
+            port,
+            issuer,
+            secret_file,
+        })
+    }
 }
 
 /// Rewrites the example configuration for the demo: local listeners, generated TLS
@@ -440,6 +536,7 @@ fn demo_config(
     example: &Path,
     dir: &Path,
     upstream: &str,
+    console: Option<&DemoProvider>,
 ) -> Result<(std::path::PathBuf, String, String, Vec<(String, String)>), String> {
     let text =
         std::fs::read_to_string(example).map_err(|e| format!("{}: {e}", example.display()))?;
@@ -465,6 +562,8 @@ fn demo_config(
         }
         // Lets the demo show an unrouted host being refused by the gateway, not by TLS.
         all.push(UNROUTED_HOST.to_owned());
+        // The console is at https://localhost:PORT/.
+        all.push("localhost".to_owned());
         let certs = generate_certs(&all, "demo-client")?;
         certs.write(&dir.join("certs"))?;
     } else {
@@ -478,12 +577,29 @@ fn demo_config(
     };
     let s = |v: String| toml::Value::String(v);
     set(&mut table, "server", "listen", s("127.0.0.1:0".into()));
-    set(
-        &mut table,
-        "server",
-        "admin_listen",
-        s("127.0.0.1:0".into()),
-    );
+    let admin = match console {
+        Some(p) => format!("127.0.0.1:{}", p.port),
+        None => "127.0.0.1:0".to_owned(),
+    };
+    set(&mut table, "server", "admin_listen", s(admin));
+    if let Some(p) = console {
+        let mut c = toml::Table::new();
+        c.insert("oidc_issuer".into(), s(p.issuer.clone()));
+        c.insert("client_id".into(), s("gatehouse-console".into()));
+        c.insert(
+            "client_secret_file".into(),
+            s(p.secret_file.display().to_string()),
+        );
+        c.insert(
+            "redirect_url".into(),
+            s(format!("https://localhost:{}/auth/callback", p.port)),
+        );
+        c.insert(
+            "auditor_groups".into(),
+            toml::Value::Array(vec![s("sec-auditors".into())]),
+        );
+        table.insert("console".into(), toml::Value::Table(c));
+    }
     set(
         &mut table,
         "server",

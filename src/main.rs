@@ -88,6 +88,13 @@ enum Command {
         /// The example configuration the demo starts from.
         #[arg(long, default_value = "config/gatehouse.toml")]
         config: PathBuf,
+        /// Then keep the gateway running with the review console on https://localhost:PORT/,
+        /// signing in through the tests' OpenID Provider (needs `npm ci --prefix tests/oidc`).
+        #[arg(long)]
+        console: bool,
+        /// The console's port.
+        #[arg(long, default_value_t = 9443)]
+        console_port: u16,
     },
 }
 
@@ -490,8 +497,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             runtime()?.block_on(exceptions_command(&client, command))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir, config } => {
-            runtime()?.block_on(gatehouse::demo::run(&config, &dir))?;
+        Command::Demo {
+            dir,
+            config,
+            console,
+            console_port,
+        } => {
+            let console = console.then_some(console_port);
+            runtime()?.block_on(gatehouse::demo::run(&config, &dir, console))?;
             Ok(ExitCode::SUCCESS)
         }
     }

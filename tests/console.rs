@@ -87,16 +87,36 @@ impl Drop for Process {
     }
 }
 
+/// chromedriver and the Chromium it starts, in a process group of their own: dropped, the
+/// whole group is killed, so a test that fails before closing its session leaves no browser.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = self.0.id();
+        // `kill -s KILL -- -PGID`: the explicit form (procps reads `-KILL -N` otherwise).
+        if group > 1 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{group}")])
+                .status();
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// chromedriver on a free port, ready for sessions.
-fn chromedriver() -> (Process, String) {
+fn chromedriver() -> (Driver, String) {
+    use std::os::unix::process::CommandExt;
     let port = free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver starts");
-    let process = Process(child);
+    let process = Driver(child);
     let url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -114,6 +134,8 @@ fn provider(redirect: &str) -> (Process, String) {
         .env("OIDC_CLIENT_ID", "gatehouse-console")
         .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
         .env("OIDC_REDIRECT_URIS", redirect)
+        .env("OIDC_EXIT_WITH_STDIN", "1")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -133,7 +155,7 @@ struct Console {
     base: String,
     browser: Client,
     _provider: Process,
-    _driver: Process,
+    _driver: Driver,
     _secrets: tempfile::TempDir,
 }
 
@@ -761,4 +783,98 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
         "the console's approver is named in the trail"
     );
     console.close().await;
+}
+
+/// The README's path: `gatehouse demo --console`, then a person signs in and sees the demo's
+/// blocked requests.
+#[tokio::test]
+async fn the_demo_console_shows_the_demos_blocked_requests() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "demo",
+            "--console",
+            "--console-port",
+            &port.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path().join("demo"))
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the demo starts");
+    let stdout = demo.stdout.take().unwrap();
+    let demo = Process(demo);
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut printed = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            printed.push_str(&line);
+            printed.push('\n');
+            if line.starts_with("Review console:") {
+                return (true, printed);
+            }
+        }
+        (false, printed)
+    })
+    .await
+    .unwrap();
+    assert!(ready.0, "the demo printed no console address:\n{}", ready.1);
+    assert!(ready.1.contains("All requests were handled as expected."));
+
+    let (driver, driver_url) = chromedriver();
+    let c = browser(&driver_url).await;
+    c.goto(&format!("https://localhost:{port}/")).await.unwrap();
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .unwrap()
+        .send_keys("auditor1")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("x")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#results"))
+        .await
+        .unwrap();
+    c.goto(&format!("https://localhost:{port}/trail?decision=deny"))
+        .await
+        .unwrap();
+    let rows = c
+        .find(Locator::Css("#results tbody"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(rows.contains("downloads.blocked"), "{rows}");
+    assert!(rows.contains("denied"), "{rows}");
+    let _ = c.close().await;
+    drop(driver);
+    drop(demo);
 }

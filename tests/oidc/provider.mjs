@@ -14,6 +14,7 @@
 //   OIDC_USERS_JSON                 e.g. {"auditor1":["sec-auditors"],"bob":{"groups":[],"name":"Bob"}}
 //   OIDC_FORCE_LOGIN=1              show the login form on every authorization request, even with an OP session
 //   OIDC_JWKS_FILE                  a private JWK Set (JSON) to sign with, instead of a fresh RSA key
+//   OIDC_EXIT_WITH_STDIN=1          exit when stdin closes (the parent that started it is gone)
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -298,6 +299,13 @@ server.listen(PORT, HOST, () => {
     redirect_uris: REDIRECT_URIS,
   }));
 });
+
+// Started by another program with a pipe on stdin: end with it, so a parent that dies
+// (killed, not stopped) does not leave the provider behind.
+if (env.OIDC_EXIT_WITH_STDIN === '1') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+}
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, () => { server.closeAllConnections(); server.close(); process.exit(0); });
