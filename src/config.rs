@@ -595,6 +595,12 @@ pub struct RawConsole {
     pub session_max: Option<String>,
     /// PEM bundle to trust for the provider instead of the system's roots.
     pub oidc_ca_file: Option<PathBuf>,
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+}
+
+fn default_principal_claim() -> String {
+    "sub".to_owned()
 }
 
 /// `[console]`: who may log in to the review console, and how.
@@ -614,6 +620,9 @@ pub struct ConsoleConfig {
     /// A session ends this long after login, however busy.
     pub session_max: Duration,
     pub oidc_ca_file: Option<PathBuf>,
+    /// The ID-token claim that names a person as the data path names them (its `sub`), so
+    /// the exception rules compare the console's approver with requesters like with like.
+    pub principal_claim: String,
 }
 
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -650,6 +659,25 @@ fn secure_url(value: &str, key: &str, errors: &mut Errors) -> Option<http::Uri> 
     }
 }
 
+/// Paths the admin listener already answers (the API, health, metrics, the console's pages).
+fn takes_a_served_path(path: &str) -> bool {
+    const EXACT: [&str; 9] = [
+        "/login",
+        "/logout",
+        "/console.css",
+        "/trail",
+        "/denials",
+        "/exceptions",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ];
+    EXACT.contains(&path)
+        || ["/trail/", "/exceptions/", "/v1/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+}
+
 fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig> {
     let issuer = raw.oidc_issuer.trim_end_matches('/').to_owned();
     let issuer_ok = secure_url(&issuer, "console.oidc_issuer", errors).is_some();
@@ -661,11 +689,21 @@ fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig>
             );
             false
         }
+        Some(uri) if takes_a_served_path(uri.path()) => {
+            errors.push(
+                "console.redirect_url",
+                format!("its path {:?} is already served on the admin listener; use e.g. /auth/callback", uri.path()),
+            );
+            false
+        }
         Some(_) => true,
         None => false,
     };
     if raw.client_id.trim().is_empty() {
         errors.push("console.client_id", "must not be empty");
+    }
+    if raw.principal_claim.trim().is_empty() {
+        errors.push("console.principal_claim", "must name an ID-token claim");
     }
     must_exist(
         &raw.client_secret_file,
@@ -716,6 +754,7 @@ fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig>
         session_idle: idle?,
         session_max: max?,
         oidc_ca_file: raw.oidc_ca_file.clone(),
+        principal_claim: raw.principal_claim.trim().to_owned(),
     })
     .filter(|_| issuer_ok && redirect_ok)
 }
@@ -835,6 +874,20 @@ impl Config {
             .console
             .as_ref()
             .and_then(|c| check_console(c, &mut errors));
+        // Approvals in the console must name people as the data path does (no self-approval,
+        // one approval per person): the same provider.
+        if let (Some(c), Some(i)) = (&console, &identity) {
+            let same = |a: &str| a.trim_end_matches('/') == c.oidc_issuer;
+            if !i.issuers.iter().any(|x| same(x)) {
+                errors.push(
+                    "console.oidc_issuer",
+                    format!(
+                        "{:?} is not among [identity] issuers: the console must sign people in at the provider whose tokens the gateway accepts, so an approver is the same principal everywhere",
+                        c.oidc_issuer
+                    ),
+                );
+            }
+        }
 
         match (server, identity, policy, audit) {
             (Some(server), Some(identity), Some(policy), Some(audit)) if errors.0.is_empty() => {

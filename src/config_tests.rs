@@ -224,8 +224,10 @@ fn an_upstream_authority_gets_its_scheme_default_port_only_when_it_names_none() 
 fn with_console(console: &str) -> (Result<Config, ConfigErrors>, tempfile::NamedTempFile) {
     let jwks = jwks_file();
     let secret = tempfile::NamedTempFile::new().unwrap();
-    let text = base(&jwks.path().display().to_string())
-        + "\n[console]\n"
+    let text = base(&jwks.path().display().to_string()).replace(
+        r#"issuers = ["https://idp.example"]"#,
+        r#"issuers = ["https://idp.example", "https://login.bank.example/", "http://127.0.0.1:5556"]"#,
+    ) + "\n[console]\n"
         + &console.replace("SECRET", &secret.path().display().to_string());
     (Config::parse(&text), secret)
 }
@@ -279,4 +281,24 @@ fn the_console_refuses_clear_text_off_loopback_a_missing_secret_and_odd_lifetime
         "{keys:?}"
     );
     assert!(keys.contains(&"console.session_max".to_owned()), "{keys:?}");
+}
+
+#[test]
+fn the_console_must_sign_people_in_where_the_gateways_tokens_come_from() {
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://other-idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/auth/callback\"\nprincipal_claim = \"\"\n",
+    );
+    let errors = c.unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"console.oidc_issuer"), "{keys:?}");
+    assert!(keys.contains(&"console.principal_claim"), "{keys:?}");
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/auth/callback\"\nprincipal_claim = \"email\"\n",
+    );
+    assert_eq!(c.unwrap().console.unwrap().principal_claim, "email");
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/exceptions/cb\"\n",
+    );
+    let keys: Vec<String> = c.unwrap_err().0.into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["console.redirect_url"]);
 }

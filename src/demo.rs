@@ -583,6 +583,14 @@ fn demo_config(
     };
     set(&mut table, "server", "admin_listen", s(admin));
     if let Some(p) = console {
+        // The console signs people in where the gateway's tokens come from.
+        if let Some(issuers) = table
+            .get_mut("identity")
+            .and_then(|i| i.get_mut("issuers"))
+            .and_then(|i| i.as_array_mut())
+        {
+            issuers.push(s(p.issuer.clone()));
+        }
         let mut c = toml::Table::new();
         c.insert("oidc_issuer".into(), s(p.issuer.clone()));
         c.insert("client_id".into(), s("gatehouse-console".into()));

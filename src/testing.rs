@@ -36,6 +36,8 @@ pub struct FixtureOptions {
     pub server_extra: Vec<String>,
     /// Extra sections appended to the file (`[s3]`, `[[bucket]]`, …).
     pub extra_toml: String,
+    /// Issuers accepted besides the fixture's own (the console's OpenID Provider).
+    pub extra_issuers: Vec<String>,
 }
 
 impl Default for FixtureOptions {
@@ -52,6 +54,7 @@ impl Default for FixtureOptions {
             upstream_ca: None,
             server_extra: Vec::new(),
             extra_toml: String::new(),
+            extra_issuers: Vec::new(),
         }
     }
 }
@@ -163,7 +166,7 @@ shutdown_grace_ms = 5000
 
 [identity]
 {jwks}
-issuers = ["{ISSUER}"]
+issuers = ["{ISSUER}"{extra_issuers}]
 audiences = ["{AUDIENCE}"]
 principal_type_claim = "principal_type"
 groups_claim = "groups"
@@ -206,6 +209,11 @@ durability = "{durability}"
         report_only = report_only.join(", "),
         server_extra = o.server_extra.join("\n"),
         extra_toml = o.extra_toml,
+        extra_issuers = o
+            .extra_issuers
+            .iter()
+            .map(|i| format!(", \"{i}\""))
+            .collect::<String>(),
     )
 }
 

@@ -192,6 +192,7 @@ auditor_groups = ["sec-auditors"]
         let mut options = s3_options(&h.standin.url(), &extra);
         options.tls = true;
         options.admin_listen = format!("127.0.0.1:{admin_port}");
+        options.extra_issuers = vec![issuer.clone()];
         h.fixture = gatehouse::testing::Fixture::create(
             &h.fixture.dir.join("console"),
             &h.standin.url(),

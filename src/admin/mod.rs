@@ -32,6 +32,9 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// The review console, when `[console]` is configured.
     pub console: Option<Arc<crate::console::Console>>,
+    /// A client that has not sent a whole request head within this long is cut off (the
+    /// console faces browsers; slow clients must not hold descriptors).
+    pub header_read_timeout: std::time::Duration,
 }
 
 pub async fn serve(
@@ -70,11 +73,14 @@ async fn serve_connection<S>(stream: S, admin: Admin)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_read_timeout = admin.header_read_timeout;
     let svc = service_fn(move |req| {
         let admin = admin.clone();
         async move { Ok::<_, std::convert::Infallible>(route(admin, req).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
         .serve_connection(TokioIo::new(stream), svc)
         .await;
 }

@@ -34,12 +34,14 @@ pub fn time_bound(text: &str, now: SystemTime) -> Result<String, String> {
         let at = now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH);
         return Ok(super::timestamp(at));
     }
-    let looks_rfc3339 = text.len() >= 20
-        && text.as_bytes()[4] == b'-'
-        && text.as_bytes()[10] == b'T'
-        && text.ends_with('Z');
-    if looks_rfc3339 {
-        return Ok(text.to_owned());
+    // Re-written in the trail's own fixed-width form, so that comparing text compares time
+    // (`…08:00:00Z` as written sorts after `…08:00:00.5…Z`).
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        let nanos = at.unix_timestamp_nanos().max(0) as u128;
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos as u64);
+        return Ok(super::timestamp(at));
     }
     Err(format!(
         "{text:?} is neither a duration (30s, 15m, 1h, 7d) nor an RFC 3339 UTC time (2026-11-27T08:00:00Z)"
@@ -182,13 +184,18 @@ pub struct Page {
     pub total: usize,
 }
 
-/// The matches `skip..skip + take` counted from the newest, each joined with its completion.
-/// One pass over the trail holding at most `skip + take` records, whatever its size.
+/// The matches `skip..skip + take` counted from the newest (by time, across every gateway
+/// in `dir`), each joined with its completion. One pass over the trail holding at most
+/// `skip + take` records, whatever its size.
 pub fn page(dir: &Path, filter: &Filter, skip: usize, take: usize) -> Result<Page, String> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
     let needles = filter.needles();
     let keep = skip.saturating_add(take).max(1);
-    // The newest `keep` matches so far, oldest first, and where each waits for its completion.
-    let mut window: std::collections::VecDeque<(u64, Hit)> = std::collections::VecDeque::new();
+    // The newest `keep` matches so far: the heap's top is the oldest of them, the one to drop.
+    type Key = (String, String, u64);
+    let mut oldest_first: BinaryHeap<Reverse<(Key, u64)>> = BinaryHeap::new();
+    let mut kept: HashMap<u64, Hit> = HashMap::new();
     let mut waiting: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut total = 0usize;
     for_each_line(dir, |line| {
@@ -197,7 +204,7 @@ pub fn page(dir: &Path, filter: &Filter, skip: usize, take: usize) -> Result<Pag
                 return;
             };
             if let Some(n) = waiting.remove(exchange) {
-                if let Some((_, hit)) = window.iter_mut().find(|(m, _)| *m == n) {
+                if let Some(hit) = kept.get_mut(&n) {
                     hit.completion = serde_json::from_slice(line).ok();
                 }
             }
@@ -217,10 +224,21 @@ pub fn page(dir: &Path, filter: &Filter, skip: usize, take: usize) -> Result<Pag
         }
         let n = total as u64;
         total += 1;
-        if window.len() == keep {
-            if let Some((_, gone)) = window.pop_front() {
-                if let Some(x) = text(&gone.decision, &["exchange"]) {
-                    waiting.remove(x.as_bytes());
+        let key: Key = (
+            text(&record, &["ts"]).unwrap_or("").to_owned(),
+            text(&record, &["gateway"]).unwrap_or("").to_owned(),
+            record.get("seq").and_then(Value::as_u64).unwrap_or(0),
+        );
+        if oldest_first.len() == keep {
+            match oldest_first.peek() {
+                Some(Reverse((oldest, _))) if *oldest < key => {}
+                _ => return, // older than every match kept
+            }
+            if let Some(Reverse((_, gone))) = oldest_first.pop() {
+                if let Some(hit) = kept.remove(&gone) {
+                    if let Some(x) = text(&hit.decision, &["exchange"]) {
+                        waiting.remove(x.as_bytes());
+                    }
                 }
             }
         }
@@ -229,20 +247,22 @@ pub fn page(dir: &Path, filter: &Filter, skip: usize, take: usize) -> Result<Pag
             .as_bytes()
             .to_vec();
         waiting.insert(exchange, n);
-        window.push_back((
+        oldest_first.push(Reverse((key, n)));
+        kept.insert(
             n,
             Hit {
                 decision: record,
                 completion: None,
             },
-        ));
+        );
     })?;
-    let hits = window
+    let mut newest_first: Vec<(Key, u64)> = oldest_first.into_iter().map(|Reverse(e)| e).collect();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    let hits = newest_first
         .into_iter()
-        .rev()
         .skip(skip)
         .take(take)
-        .map(|(_, hit)| hit)
+        .filter_map(|(_, n)| kept.remove(&n))
         .collect();
     Ok(Page { hits, total })
 }
@@ -471,6 +491,30 @@ mod tests {
             (4, vec!["p4".to_owned(), "p2".to_owned()])
         );
         assert!(page(dir.path(), &all, 10, 3).unwrap().hits.is_empty());
+
+        // A second gateway in the same directory, whose files sort first but whose records
+        // are newer: newest first means by time, across gateways.
+        let mut lines = Vec::new();
+        let prev = super::super::chain::GENESIS;
+        super::super::chain::seal(
+            &mut lines,
+            1,
+            decision("newest", "deny", "2026-11-27T11:00:00.000000Z")
+                .to_string()
+                .as_bytes(),
+            &prev,
+        );
+        std::fs::write(
+            dir.path()
+                .join(super::super::segment::segment_name("aa", 1)),
+            lines,
+        )
+        .unwrap();
+        let p = page(dir.path(), &all, 0, 2).unwrap();
+        assert_eq!(
+            (p.total, names(&p)),
+            (8, vec!["newest".to_owned(), "p6".to_owned()])
+        );
     }
 
     /// The byte pre-checks may only skip lines the full match would reject: a scan of a real
@@ -615,7 +659,12 @@ mod tests {
         );
         assert_eq!(
             time_bound("2026-11-27T08:00:00Z", now).unwrap(),
-            "2026-11-27T08:00:00Z"
+            "2026-11-27T08:00:00.000000Z"
+        );
+        assert_eq!(
+            time_bound("2026-11-27T09:00:00.5+01:00", now).unwrap(),
+            "2026-11-27T08:00:00.500000Z",
+            "offsets and fractions are re-written in the trail's own form"
         );
         assert!(time_bound("yesterday", now).is_err());
     }

@@ -33,60 +33,113 @@ pub struct Tally {
     pub total: u32,
 }
 
-/// Counts denials in `[end - period, end)` into `SLOTS` equal slots.
+/// Distinct principals, assets or rules counted by name; beyond this many, further names are
+/// counted together, so a flood of unique paths cannot make a page hold unbounded memory.
+const MAX_DISTINCT: usize = 10_000;
+const OTHERS: &str = "(all others)";
+
+/// Counts denials in `[end - period, end)` into `SLOTS` equal slots, one at a time.
+pub struct Tallier {
+    start: i64,
+    end: i64,
+    slot_secs: i64,
+    rules: HashMap<String, Vec<u32>>,
+    principals: HashMap<String, u32>,
+    assets: HashMap<String, u32>,
+    total: u32,
+}
+
+fn count_into(map: &mut HashMap<String, u32>, name: &str) {
+    if let Some(n) = map.get_mut(name) {
+        *n += 1;
+    } else if map.len() < MAX_DISTINCT {
+        map.insert(name.to_owned(), 1);
+    } else {
+        *map.entry(OTHERS.to_owned()).or_default() += 1;
+    }
+}
+
+impl Tallier {
+    pub fn new(end: i64, period_secs: i64) -> Tallier {
+        let slot_secs = (period_secs / SLOTS as i64).max(1);
+        Tallier {
+            start: end - slot_secs * SLOTS as i64,
+            end,
+            slot_secs,
+            rules: HashMap::new(),
+            principals: HashMap::new(),
+            assets: HashMap::new(),
+            total: 0,
+        }
+    }
+
+    /// The start of the period, as seconds since the epoch.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    pub fn add(&mut self, d: Denial<'_>) {
+        if d.at_unix < self.start || d.at_unix >= self.end {
+            return;
+        }
+        let slot = ((d.at_unix - self.start) / self.slot_secs) as usize;
+        let rule = if self.rules.contains_key(d.rule) || self.rules.len() < MAX_DISTINCT {
+            d.rule
+        } else {
+            OTHERS
+        };
+        self.rules
+            .entry(rule.to_owned())
+            .or_insert_with(|| vec![0; SLOTS])[slot] += 1;
+        count_into(&mut self.principals, d.principal);
+        if let Some(a) = d.asset.filter(|a| !a.is_empty()) {
+            count_into(&mut self.assets, a);
+        }
+        self.total += 1;
+    }
+
+    pub fn finish(self) -> Tally {
+        let mut by_rule: Vec<(String, Vec<u32>)> = self.rules.into_iter().collect();
+        by_rule.sort_by(|a, b| {
+            let sum = |c: &Vec<u32>| c.iter().sum::<u32>();
+            sum(&b.1).cmp(&sum(&a.1)).then(a.0.cmp(&b.0))
+        });
+        if by_rule.len() > SHOWN_RULES {
+            let rest = by_rule.split_off(SHOWN_RULES);
+            let mut other = vec![0; SLOTS];
+            for (_, counts) in rest {
+                for (o, c) in other.iter_mut().zip(counts) {
+                    *o += c;
+                }
+            }
+            by_rule.push(("other rules".to_owned(), other));
+        }
+        Tally {
+            start: self.start,
+            slot_secs: self.slot_secs,
+            by_rule,
+            principals: top(self.principals),
+            assets: top(self.assets),
+            total: self.total,
+        }
+    }
+}
+
+/// All at once (the tests' form of `Tallier`).
 pub fn tally<'a>(
     denials: impl IntoIterator<Item = Denial<'a>>,
     end: i64,
     period_secs: i64,
 ) -> Tally {
-    let slot_secs = (period_secs / SLOTS as i64).max(1);
-    let start = end - slot_secs * SLOTS as i64;
-    let mut rules: HashMap<&str, Vec<u32>> = HashMap::new();
-    let mut principals: HashMap<&str, u32> = HashMap::new();
-    let mut assets: HashMap<&str, u32> = HashMap::new();
-    let mut total = 0;
+    let mut t = Tallier::new(end, period_secs);
     for d in denials {
-        if d.at_unix < start || d.at_unix >= end {
-            continue;
-        }
-        let slot = ((d.at_unix - start) / slot_secs) as usize;
-        rules.entry(d.rule).or_insert_with(|| vec![0; SLOTS])[slot] += 1;
-        *principals.entry(d.principal).or_default() += 1;
-        if let Some(a) = d.asset.filter(|a| !a.is_empty()) {
-            *assets.entry(a).or_default() += 1;
-        }
-        total += 1;
+        t.add(d);
     }
-    let mut by_rule: Vec<(String, Vec<u32>)> = rules
-        .into_iter()
-        .map(|(r, counts)| (r.to_owned(), counts))
-        .collect();
-    by_rule.sort_by(|a, b| {
-        let sum = |c: &Vec<u32>| c.iter().sum::<u32>();
-        sum(&b.1).cmp(&sum(&a.1)).then(a.0.cmp(&b.0))
-    });
-    if by_rule.len() > SHOWN_RULES {
-        let rest = by_rule.split_off(SHOWN_RULES);
-        let mut other = vec![0; SLOTS];
-        for (_, counts) in rest {
-            for (o, c) in other.iter_mut().zip(counts) {
-                *o += c;
-            }
-        }
-        by_rule.push(("other rules".to_owned(), other));
-    }
-    Tally {
-        start,
-        slot_secs,
-        by_rule,
-        principals: top(principals),
-        assets: top(assets),
-        total,
-    }
+    t.finish()
 }
 
-fn top(counts: HashMap<&str, u32>) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = counts.into_iter().map(|(k, n)| (k.to_owned(), n)).collect();
+fn top(counts: HashMap<String, u32>) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = counts.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     v.truncate(TOP);
     v
@@ -243,6 +296,21 @@ mod tests {
         let other = t.by_rule.last().unwrap();
         assert_eq!(other.0, "other rules");
         assert_eq!(other.1.iter().sum::<u32>(), 1 + 2 + 3);
+    }
+
+    #[test]
+    fn a_flood_of_unique_names_is_counted_without_holding_them_all() {
+        let names: Vec<String> = (0..MAX_DISTINCT + 50)
+            .map(|i| format!("dbfs:/tmp/{i}"))
+            .collect();
+        let t = tally(
+            names.iter().map(|n| d(10, "downloads.blocked", n, Some(n))),
+            3600,
+            3600,
+        );
+        assert_eq!(t.total as usize, MAX_DISTINCT + 50);
+        assert_eq!(t.assets[0], (OTHERS.to_owned(), 50));
+        assert_eq!(t.principals[0], (OTHERS.to_owned(), 50));
     }
 
     #[test]

@@ -28,6 +28,8 @@ use web::{field, CrossSite};
 
 /// Form posts larger than this are refused.
 const MAX_FORM: usize = 16 * 1024;
+/// A form body that has not arrived within this long is refused.
+const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a signed-in person may do, from their groups as of now (a reload that changes the
 /// groups changes access at the next page).
@@ -391,9 +393,10 @@ async fn blocking(
 }
 
 async fn read_form(body: Incoming) -> Option<Vec<(String, String)>> {
-    let bytes = Limited::new(body, MAX_FORM)
-        .collect()
+    let read = Limited::new(body, MAX_FORM).collect();
+    let bytes = tokio::time::timeout(FORM_TIMEOUT, read)
         .await
+        .ok()?
         .ok()?
         .to_bytes();
     Some(web::parse_form(std::str::from_utf8(&bytes).ok()?))

@@ -141,6 +141,14 @@ fn encode(text: &str) -> String {
         .replace("%7E", "~")
 }
 
+/// What an ID token must say to be accepted, and which claim names the person.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub principal_claim: &'a str,
+}
+
 /// Who logged in, from a verified ID token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -156,10 +164,14 @@ pub struct Identity {
 pub fn verify_id_token(
     token: &str,
     keys: &KeySet,
-    issuer: &str,
-    client_id: &str,
+    expect: &Expected<'_>,
     nonce: &str,
 ) -> Result<Identity, String> {
+    let Expected {
+        issuer,
+        client_id,
+        principal_claim,
+    } = *expect;
     let header = jsonwebtoken::decode_header(token)
         .map_err(|_| "the ID token cannot be decoded".to_owned())?;
     if !ID_TOKEN_ALGS.contains(&header.alg) {
@@ -184,14 +196,17 @@ pub fn verify_id_token(
     if text("nonce").as_deref() != Some(nonce) {
         return Err("the ID token's nonce is not this login's".to_owned());
     }
-    if let Some(serde_json::Value::Array(audiences)) = claims.get("aud") {
-        if audiences.len() > 1 && text("azp").as_deref() != Some(client_id) {
-            return Err("the ID token was issued to another party (azp)".to_owned());
-        }
+    let several_audiences =
+        matches!(claims.get("aud"), Some(serde_json::Value::Array(a)) if a.len() > 1);
+    let azp = text("azp");
+    if (several_audiences || azp.is_some()) && azp.as_deref() != Some(client_id) {
+        return Err("the ID token was issued to another party (azp)".to_owned());
     }
-    let subject = text("sub")
+    // Who the person is on the platform: the claim that names them as the data path does,
+    // so the exception rules (no self-approval, one approval per person) compare like with like.
+    let subject = text(principal_claim)
         .filter(|s| !s.is_empty())
-        .ok_or("the ID token names no subject")?;
+        .ok_or_else(|| format!("the ID token has no {principal_claim:?} claim to name you by"))?;
     let groups = match claims.get("groups") {
         Some(serde_json::Value::Array(items)) => items
             .iter()
@@ -214,6 +229,7 @@ pub fn verify_id_token(
 pub struct Provider {
     issuer: String,
     client_id: String,
+    principal_claim: String,
     client_secret: Secret,
     redirect_url: String,
     client: Client<
@@ -259,6 +275,7 @@ impl Provider {
         Ok(Arc::new(Provider {
             issuer: config.oidc_issuer.clone(),
             client_id: config.client_id.clone(),
+            principal_claim: config.principal_claim.clone(),
             client_secret: Secret::read(&config.client_secret_file)?,
             redirect_url: config.redirect_url.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -342,14 +359,13 @@ impl Provider {
                 ))
             }
         };
+        let expect = Expected {
+            issuer: &self.issuer,
+            client_id: &self.client_id,
+            principal_claim: &self.principal_claim,
+        };
         let identity = match self.keys.load_full() {
-            Some(keys) => verify_id_token(
-                &id_token,
-                &keys,
-                &self.issuer,
-                &self.client_id,
-                &secrets.nonce,
-            ),
+            Some(keys) => verify_id_token(&id_token, &keys, &expect, &secrets.nonce),
             None => Err(String::new()),
         };
         let identity = match identity {
@@ -357,13 +373,7 @@ impl Provider {
             // Keys not fetched yet, or rotated since: fetch them (rate-limited) and try again.
             Err(_) => {
                 let keys = self.refresh_keys(&meta.jwks_uri).await?;
-                verify_id_token(
-                    &id_token,
-                    &keys,
-                    &self.issuer,
-                    &self.client_id,
-                    &secrets.nonce,
-                )?
+                verify_id_token(&id_token, &keys, &expect, &secrets.nonce)?
             }
         };
         Ok((identity, id_token))

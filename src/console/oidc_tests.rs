@@ -4,6 +4,11 @@ use serde_json::json;
 
 const ISSUER: &str = "https://login.bank.example";
 const CLIENT: &str = "gatehouse-console";
+const EXPECT: Expected<'static> = Expected {
+    issuer: ISSUER,
+    client_id: CLIENT,
+    principal_claim: "sub",
+};
 
 fn signer_and_keys() -> (TokenSigner, KeySet) {
     let signer = TokenSigner::generate("k1").unwrap();
@@ -24,18 +29,32 @@ fn claims(nonce: &str) -> serde_json::Value {
 fn a_valid_id_token_yields_who_logged_in_and_their_groups() {
     let (signer, keys) = signer_and_keys();
     let token = signer.sign(&claims("n-1"));
-    let id = verify_id_token(&token, &keys, ISSUER, CLIENT, "n-1").unwrap();
+    let id = verify_id_token(&token, &keys, &EXPECT, "n-1").unwrap();
     assert_eq!(id.subject, "alice");
     assert_eq!(id.name.as_deref(), Some("Alice Example"));
     assert_eq!(id.email.as_deref(), Some("alice@bank.example"));
     assert_eq!(id.groups, vec!["sec-auditors", "ds"]);
+    let by_email = Expected {
+        principal_claim: "email",
+        ..EXPECT
+    };
+    let id = verify_id_token(&token, &keys, &by_email, "n-1").unwrap();
+    assert_eq!(
+        id.subject, "alice@bank.example",
+        "named as the data path names her"
+    );
+    let by_upn = Expected {
+        principal_claim: "upn",
+        ..EXPECT
+    };
+    let err = verify_id_token(&token, &keys, &by_upn, "n-1").unwrap_err();
+    assert!(err.contains("\"upn\""), "{err}");
 }
 
 #[test]
 fn an_id_token_for_another_login_client_or_issuer_is_refused() {
     let (signer, keys) = signer_and_keys();
-    let verify =
-        |c: serde_json::Value| verify_id_token(&signer.sign(&c), &keys, ISSUER, CLIENT, "n-1");
+    let verify = |c: serde_json::Value| verify_id_token(&signer.sign(&c), &keys, &EXPECT, "n-1");
     let err = verify(claims("n-2")).unwrap_err();
     assert!(err.contains("nonce"), "{err}");
     let mut c = claims("n-1");
@@ -55,14 +74,19 @@ fn an_id_token_for_another_login_client_or_issuer_is_refused() {
     assert!(verify(c.clone()).unwrap_err().contains("azp"));
     c["azp"] = json!(CLIENT);
     assert!(verify(c).is_ok());
+    let mut c = claims("n-1");
+    c["azp"] = json!("another-app");
+    assert!(
+        verify(c).unwrap_err().contains("azp"),
+        "a stated azp must be this client"
+    );
 }
 
 #[test]
 fn a_token_signed_by_another_key_or_with_a_shared_secret_is_refused() {
     let (_, keys) = signer_and_keys();
     let (other, _) = signer_and_keys();
-    let err =
-        verify_id_token(&other.sign(&claims("n-1")), &keys, ISSUER, CLIENT, "n-1").unwrap_err();
+    let err = verify_id_token(&other.sign(&claims("n-1")), &keys, &EXPECT, "n-1").unwrap_err();
     assert!(err.contains("does not verify"), "{err}");
     let hs = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
@@ -70,9 +94,9 @@ fn a_token_signed_by_another_key_or_with_a_shared_secret_is_refused() {
         &jsonwebtoken::EncodingKey::from_secret(b"the client secret"),
     )
     .unwrap();
-    let err = verify_id_token(&hs, &keys, ISSUER, CLIENT, "n-1").unwrap_err();
+    let err = verify_id_token(&hs, &keys, &EXPECT, "n-1").unwrap_err();
     assert!(err.contains("not accepted"), "{err}");
-    assert!(verify_id_token("not a token", &keys, ISSUER, CLIENT, "n-1").is_err());
+    assert!(verify_id_token("not a token", &keys, &EXPECT, "n-1").is_err());
 }
 
 #[test]

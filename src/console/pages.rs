@@ -17,6 +17,8 @@ use crate::exceptions::model::{Actor, Exception, Scope, Status};
 use crate::exceptions::service::Service;
 
 const PAGE_SIZE: usize = 50;
+/// The deepest page of a search (the newest 10,000 matches); narrower searches reach further back.
+const MAX_PAGE: usize = 200;
 
 fn render(status: StatusCode, page: impl Template) -> Response<Full<Bytes>> {
     match page.render() {
@@ -329,10 +331,11 @@ fn unix_now() -> i64 {
 
 pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Response<Full<Bytes>> {
     let form = SearchForm::from_query(query);
+    // Deep pages hold every newer match while the trail is read: beyond this, refine.
     let page = field(query, "page")
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(1)
-        .max(1);
+        .clamp(1, MAX_PAGE);
     let mut view = TrailPage {
         viewer: Some(viewer),
         decisions: [
@@ -359,7 +362,13 @@ pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respons
             let now = unix_now();
             view.rows = found.hits.iter().map(|h| TrailRow::of(h, now)).collect();
             view.total = found.total;
-            view.pages = found.total.div_ceil(PAGE_SIZE).max(1);
+            view.pages = found.total.div_ceil(PAGE_SIZE).clamp(1, MAX_PAGE);
+            if found.total > MAX_PAGE * PAGE_SIZE {
+                view.error = Some(format!(
+                    "Only the newest {} matches are shown in pages; narrow the search (time range, principal, rule) to see older ones.",
+                    MAX_PAGE * PAGE_SIZE
+                ));
+            }
             view.newer = (page > 1).then(|| view.form.link(page - 1));
             view.older = (page < view.pages).then(|| view.form.link(page + 1));
         }
@@ -683,7 +692,19 @@ pub async fn exceptions(
     service: &Service,
     flash: Option<Flash>,
 ) -> Response<Full<Bytes>> {
-    let all = match service.list(None, None, None).await {
+    // Pending and approved ones whole (the store's list is capped, newest first); the rest
+    // as history.
+    let lists = async {
+        let mut all = service.list(Some(Status::Pending), None, None).await?;
+        all.extend(service.list(Some(Status::Approved), None, None).await?);
+        for ex in service.list(None, None, None).await? {
+            if !matches!(ex.status, Status::Pending | Status::Approved) {
+                all.push(ex);
+            }
+        }
+        Ok::<_, crate::exceptions::service::ApiError>(all)
+    };
+    let all = match lists.await {
         Ok(all) => all,
         Err(e) => {
             return message(
@@ -808,7 +829,8 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
     let end = unix_now() + 1;
     let since = human::utc_of(end - secs);
     let since_bound = query::time_bound(period, std::time::SystemTime::now()).unwrap_or_default();
-    let mut seen: Vec<(i64, String, String, Option<String>)> = Vec::new();
+    // Counted line by line: nothing but the tally is held, whatever the trail holds.
+    let mut tallier = super::denials::Tallier::new(end, secs);
     let scan = query::for_each_line(dir, |line| {
         if !query_contains(line, br#""phase":"decision""#)
             || !query_contains(line, br#""effect":"deny""#)
@@ -823,24 +845,15 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
             return;
         }
         let Some(at) = human::unix_of(ts) else { return };
-        seen.push((
-            at,
-            str_at(&r, &["decision", "rule"]).to_owned(),
-            str_at(&r, &["principal", "id"]).to_owned(),
-            query::asset_name(&r),
-        ));
+        let asset = query::asset_name(&r);
+        tallier.add(super::denials::Denial {
+            at_unix: at,
+            rule: str_at(&r, &["decision", "rule"]),
+            principal: str_at(&r, &["principal", "id"]),
+            asset: asset.as_deref(),
+        });
     });
-    let tally = super::denials::tally(
-        seen.iter()
-            .map(|(at, rule, who, asset)| super::denials::Denial {
-                at_unix: *at,
-                rule,
-                principal: who,
-                asset: asset.as_deref(),
-            }),
-        end,
-        secs,
-    );
+    let tally = tallier.finish();
     let link = |key: &str, value: &str| {
         format!(
             "/trail?{}",

@@ -90,14 +90,24 @@ pub fn secure_headers(headers: &mut HeaderMap, provider_origin: &str) {
     }
 }
 
-/// `scheme://authority` of a URL: what browsers send as `Origin`.
+/// `scheme://host[:port]` of a URL as browsers serialise it in `Origin`: lower-case, without
+/// the scheme's default port.
 pub fn origin_of(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(uri) => match (uri.scheme_str(), uri.authority()) {
-            (Some(s), Some(a)) => format!("{s}://{a}"),
-            _ => String::new(),
-        },
-        Err(_) => String::new(),
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return String::new();
+    };
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return String::new();
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    };
+    match uri.port_u16().filter(|p| Some(*p) != default) {
+        Some(port) => format!("{scheme}://{}:{port}", host.to_ascii_lowercase()),
+        None => format!("{scheme}://{}", host.to_ascii_lowercase()),
     }
 }
 
@@ -263,5 +273,7 @@ mod tests {
             origin_of("https://gw.example:9443/auth/callback"),
             "https://gw.example:9443"
         );
+        assert_eq!(origin_of("https://GW.example:443/cb"), "https://gw.example");
+        assert_eq!(origin_of("http://localhost:80/cb"), "http://localhost");
     }
 }

@@ -162,6 +162,7 @@ async fn start_with(
                 exceptions: exceptions_service,
                 reloader: reloader.clone(),
                 console,
+                header_read_timeout: config.server.header_read_timeout,
             },
             rx,
         )),
