@@ -405,9 +405,25 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
     assert_eq!(bars, json!(["downloads.blocked: 1"]));
     console.screenshot("denials").await;
 
-    // An auditor is not an approver.
+    // An auditor is not an approver: not the page, and not the action, even posted from a
+    // console page of the auditor's own session with its token.
     c.goto(&console.url("/exceptions")).await.unwrap();
     assert_eq!(console.text("#title").await, "Not allowed");
+    let id = pending_request(&console.h, "needs the raw feed").await;
+    c.goto(&console.url("/trail")).await.unwrap();
+    c.execute(
+        "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+         for (const [k, v] of [['decision', 'approve'], ['comment', 'looks fine'],
+                               ['csrf', document.querySelector('input[name=csrf]').value]]) {
+           const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i);
+         }
+         document.body.appendChild(f); f.submit();",
+        vec![json!(format!("/exceptions/{id}/decide"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(console.text("#title").await, "Not allowed");
+    assert_eq!(exception_status(&console.h, &id).await, "pending");
     console.close().await;
 }
 
