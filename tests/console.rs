@@ -509,6 +509,15 @@ async fn a_login_whose_pkce_challenge_was_tampered_with_fails() {
             .is_err(),
         "no session was created"
     );
+    in_trail(&console.h, |r| {
+        r["phase"] == "console"
+            && r["event"] == "login_failed"
+            && r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("refused to redeem")
+    })
+    .await;
     c.goto(&console.url("/trail")).await.unwrap();
     assert!(console.text("#sign-in").await.contains("Sign in"));
     console.close().await;
@@ -558,6 +567,22 @@ async fn get_raw(h: &Harness, path: &str) -> (StatusCode, http::HeaderMap) {
     let headers = resp.headers().clone();
     let _ = resp.into_body().collect().await;
     (status, headers)
+}
+
+/// Waits until the trail holds a record matching `want` (sign-in records are written without
+/// holding up the browser), for at most 20 s.
+async fn in_trail(h: &Harness, want: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if gatehouse::testing::read_trail(&h.fixture.audit_dir)
+            .iter()
+            .any(&want)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the trail never recorded it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A pending raw-bucket request, made through the admin API by `requester`.
@@ -793,12 +818,20 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
     let history = console.text(&format!("#history-{id}")).await;
     assert!(history.contains("approver1"), "{history}");
 
-    // Every step is in the trail under the approver's own identity.
-    let trail = gatehouse::testing::trail_text(&console.h.fixture.audit_dir);
-    assert!(
-        trail.contains("\"approver1\""),
-        "the console's approver is named in the trail"
-    );
+    // Every step is in the trail under the approver's own identity, and so is the sign-in.
+    let trail = gatehouse::testing::read_trail(&console.h.fixture.audit_dir);
+    let approvals = trail
+        .iter()
+        .filter(|r| r["phase"] == "exception" && r["actor"] == "approver1")
+        .count();
+    assert_eq!(approvals, 2, "approve and revoke, by approver1");
+    in_trail(&console.h, |r| {
+        r["phase"] == "console"
+            && r["event"] == "login"
+            && r["user"] == "approver1"
+            && r["groups"] == json!(["cdao-approvers"])
+    })
+    .await;
     console.close().await;
 }
 

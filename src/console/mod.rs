@@ -59,6 +59,9 @@ pub struct Console {
     callback_path: String,
     audit_dir: PathBuf,
     integrity: Arc<integrity::Integrity>,
+    /// Sign-ins, failed sign-ins and sign-outs are records in the trail.
+    trail: Arc<crate::audit::AuditSink>,
+    gateway_id: String,
 }
 
 /// What a page is rendered for.
@@ -77,6 +80,8 @@ impl Console {
         config: &ConsoleConfig,
         audit_dir: PathBuf,
         key: Option<crate::audit::digest::PublicKey>,
+        trail: Arc<crate::audit::AuditSink>,
+        gateway_id: String,
     ) -> Result<(Arc<Console>, tokio::task::JoinHandle<()>), String> {
         let callback_path = config
             .redirect_url
@@ -94,9 +99,31 @@ impl Console {
             callback_path,
             audit_dir,
             integrity,
+            trail,
+            gateway_id,
             config: config.clone(),
         });
         Ok((console, task))
+    }
+
+    /// A `console` record in the trail: who signed in or out, or why a sign-in failed.
+    fn record(&self, event: &str, user: Option<&User>, reason: Option<&str>) {
+        let body = serde_json::json!({
+            "ts": crate::audit::timestamp(std::time::SystemTime::now()),
+            "gateway": self.gateway_id,
+            "phase": "console",
+            "event": event,
+            "user": user.map(|u| u.id.as_str()),
+            "groups": user.map(|u| u.groups.as_slice()),
+            "reason": reason,
+        });
+        if self
+            .trail
+            .record_event(body.to_string().into_bytes())
+            .is_err()
+        {
+            tracing::error!(event, "the trail cannot take a console record");
+        }
     }
 
     /// Whether the console answers this path (the admin API keeps `/v1/…`, `/healthz`,
@@ -273,6 +300,7 @@ impl Console {
         let binding = web::cookie(req.headers(), web::LOGIN_COOKIE);
         let failed = |why: &str| {
             tracing::warn!(reason = why, "console login failed");
+            self.record("login_failed", None, Some(why));
             let mut r = pages::login_failed(why);
             r.headers_mut()
                 .append(header::SET_COOKIE, web::clear_cookie(web::LOGIN_COOKIE));
@@ -305,6 +333,7 @@ impl Console {
             Ok((identity, id_token)) => {
                 let user = User::from(identity);
                 tracing::info!(user = %user.id, "console login");
+                self.record("login", Some(&user), None);
                 let id = self.sessions.create(user, id_token, Instant::now());
                 let mut r = web::redirect("/");
                 let headers = r.headers_mut();
@@ -340,6 +369,7 @@ impl Console {
         }
         self.sessions.end(cookie);
         tracing::info!(user = %current.user.id, "console logout");
+        self.record("logout", Some(&current.user), None);
         let provider_logout = match self.provider.metadata().await {
             Ok(meta) => meta.end_session_endpoint.clone(),
             Err(_) => None,

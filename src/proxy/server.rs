@@ -111,8 +111,13 @@ async fn start_with(
                 Some(path) => Some(crate::audit::digest::Signer::load(path)?.public_key()),
                 None => None,
             };
-            let (console, verifying) =
-                crate::console::Console::new(c, config.audit.dir.clone(), key)?;
+            let (console, verifying) = crate::console::Console::new(
+                c,
+                config.audit.dir.clone(),
+                key,
+                audit.clone(),
+                config.server.gateway_id.clone(),
+            )?;
             background.push(verifying);
             Some(console)
         }
