@@ -222,33 +222,7 @@ auditor_groups = ["sec-auditors"]
 
     /// Signs in through the provider's login form as `login`.
     async fn sign_in(&self, login: &str) {
-        let c = &self.browser;
-        c.goto(&self.url("/")).await.unwrap();
-        c.find(Locator::Css("#sign-in"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let name = c
-            .wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::Css("input[name=login]"))
-            .await
-            .expect("the provider's login form");
-        name.send_keys(login).await.unwrap();
-        c.find(Locator::Css("input[name=password]"))
-            .await
-            .unwrap()
-            .send_keys("any password")
-            .await
-            .unwrap();
-        c.find(Locator::Css("button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        sign_in_at(&self.browser, &self.base, login).await;
     }
 
     async fn text(&self, css: &str) -> String {
@@ -273,6 +247,42 @@ auditor_groups = ["sec-auditors"]
     async fn close(self) {
         let _ = self.browser.close().await;
     }
+}
+
+/// From the console's landing page through the provider's login form, as `login`.
+async fn sign_in_at(c: &Client, base: &str, login: &str) {
+    c.goto(&format!("{base}/")).await.unwrap();
+    c.find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    provider_login(c, login).await;
+}
+
+/// Fills in and submits the provider's login form (any password).
+async fn provider_login(c: &Client, login: &str) {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=login]"))
+        .await
+        .expect("the provider's login form")
+        .send_keys(login)
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("any password")
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 async fn browser(driver: &str) -> Client {
@@ -480,26 +490,7 @@ async fn a_login_whose_pkce_challenge_was_tampered_with_fails() {
     .await
     .expect("the login binding cookie is set in the browser");
     c.goto(&tampered).await.unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("input[name=login]"))
-        .await
-        .unwrap()
-        .send_keys("auditor1")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys("x")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    provider_login(c, "auditor1").await;
     assert_eq!(console.text("#title").await, "Sign-in failed");
     let why = console.text("#message").await;
     assert!(why.contains("refused to redeem"), "{why}");
@@ -880,33 +871,7 @@ async fn the_demo_console_shows_the_demos_blocked_requests() {
 
     let (driver, driver_url) = chromedriver();
     let c = browser(&driver_url).await;
-    c.goto(&format!("https://localhost:{port}/")).await.unwrap();
-    c.find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("input[name=login]"))
-        .await
-        .unwrap()
-        .send_keys("auditor1")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys("x")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in_at(&c, &format!("https://localhost:{port}"), "auditor1").await;
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("#results"))

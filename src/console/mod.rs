@@ -252,13 +252,8 @@ impl Console {
                 "The form could not be read.",
             );
         };
-        if let Err(why) = web::same_origin_post(
-            &parts.headers,
-            &self.origin,
-            field(&form, "csrf"),
-            &current.csrf,
-        ) {
-            return refused_cross_site(why);
+        if let Some(refused) = self.refused_unless_from_console(&parts.headers, &form, current) {
+            return refused;
         }
         let path = parts.uri.path();
         let Some((id, action)) = path
@@ -271,6 +266,18 @@ impl Console {
             return pages::forbidden(viewer);
         };
         pages::act_on_exception(viewer, service, id, action, &form).await
+    }
+
+    /// A state-changing form must come from a console page of this session (see `web`).
+    fn refused_unless_from_console(
+        &self,
+        headers: &http::HeaderMap,
+        form: &[(String, String)],
+        current: &Current,
+    ) -> Option<Response<Full<Bytes>>> {
+        web::same_origin_post(headers, &self.origin, field(form, "csrf"), &current.csrf)
+            .err()
+            .map(refused_cross_site)
     }
 
     async fn begin_login(&self) -> Response<Full<Bytes>> {
@@ -359,13 +366,8 @@ impl Console {
             return r;
         };
         let form = read_form(body).await.unwrap_or_default();
-        if let Err(why) = web::same_origin_post(
-            &parts.headers,
-            &self.origin,
-            field(&form, "csrf"),
-            &current.csrf,
-        ) {
-            return refused_cross_site(why);
+        if let Some(refused) = self.refused_unless_from_console(&parts.headers, &form, &current) {
+            return refused;
         }
         self.sessions.end(cookie);
         tracing::info!(user = %current.user.id, "console logout");

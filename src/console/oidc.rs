@@ -25,18 +25,8 @@ const MAX_DOCUMENT: usize = 256 * 1024;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The provider's keys are fetched again for an unknown key id at most this often.
 const KEY_REFETCH: Duration = Duration::from_secs(30);
-/// Signature algorithms an ID token may use: asymmetric only (a shared-secret HS256 token
-/// could be minted by anyone holding the client secret).
-const ID_TOKEN_ALGS: &[Algorithm] = &[
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-];
+/// Signature algorithms an ID token may use: the data path's (asymmetric only).
+const ID_TOKEN_ALGS: &[Algorithm] = crate::identity::ACCEPTED;
 
 /// What the console needs from the provider's discovery document.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

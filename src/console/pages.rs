@@ -584,14 +584,7 @@ fn scope_text(scope: &Scope) -> String {
             prefix,
             ops,
         } => {
-            let ops: Vec<&str> = ops
-                .iter()
-                .map(|o| match o {
-                    crate::exceptions::model::Op::Read => "read",
-                    crate::exceptions::model::Op::List => "list",
-                    crate::exceptions::model::Op::Write => "write",
-                })
-                .collect();
+            let ops: Vec<&str> = ops.iter().map(|o| o.as_str()).collect();
             format!("{} of s3://{bucket}/{prefix}", ops.join(", "))
         }
         Scope::Download {

@@ -43,6 +43,16 @@ pub enum Op {
     Write,
 }
 
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::List => "list",
+            Op::Write => "write",
+        }
+    }
+}
+
 /// Who the exception is for: one principal id, or every member of a group (`group:NAME`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {

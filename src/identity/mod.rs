@@ -149,7 +149,9 @@ pub struct Verifier {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
-const ACCEPTED: &[Algorithm] = &[
+/// Signature algorithms a token may use: asymmetric only (HS256 could be minted by anyone
+/// holding a shared secret), for the data path's tokens and the console's ID tokens alike.
+pub(crate) const ACCEPTED: &[Algorithm] = &[
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
