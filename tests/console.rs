@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::s3::{s3_options, LAB_KEY};
+use common::s3::{s3_harness_from, s3_options, LAB_KEY};
 use common::Harness;
 use fantoccini::{Client, ClientBuilder, Locator};
 use http::{Method, StatusCode};
@@ -187,23 +187,14 @@ auditor_groups = ["sec-auditors"]
         );
         // The stand-in's address is known once it runs: start plain, then again with S3
         // (raw buckets, access keys) forwarding to it, over TLS, and the console.
-        let mut h = Harness::start().await;
-        h.running.take().unwrap().shutdown().await;
-        let mut options = s3_options(&h.standin.url(), &extra);
-        options.tls = true;
-        options.admin_listen = format!("127.0.0.1:{admin_port}");
-        options.extra_issuers = vec![issuer.clone()];
-        h.fixture = gatehouse::testing::Fixture::create(
-            &h.fixture.dir.join("console"),
-            &h.standin.url(),
-            &options,
-        )
-        .unwrap();
-        let running = gatehouse::proxy::server::start(&h.fixture.config)
-            .await
-            .unwrap();
-        h.port = running.data_addr.port();
-        h.running = Some(running);
+        let h = s3_harness_from(|standin| {
+            let mut options = s3_options(standin, &extra);
+            options.tls = true;
+            options.admin_listen = format!("127.0.0.1:{admin_port}");
+            options.extra_issuers = vec![issuer.clone()];
+            options
+        })
+        .await;
         let (driver, driver_url) = chromedriver();
         let browser = browser(&driver_url).await;
         Console {
@@ -852,20 +843,28 @@ async fn the_demo_console_shows_the_demos_blocked_requests() {
         .expect("the demo starts");
     let stdout = demo.stdout.take().unwrap();
     let demo = Process(demo);
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut printed = String::new();
+    // Read the demo's output to its end (it writes on while it runs; a closed pipe would
+    // stop it), and hear when the console is up.
+    let (up, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut told = false;
         for line in BufReader::new(stdout).lines() {
             let line = line.unwrap_or_default();
-            printed.push_str(&line);
-            printed.push('\n');
-            if line.starts_with("Review console:") {
-                return (true, printed);
+            text.push_str(&line);
+            text.push('\n');
+            if !told && line.starts_with("Review console:") {
+                told = true;
+                let _ = up.send((true, text.clone()));
             }
         }
-        (false, printed)
-    })
-    .await
-    .unwrap();
+        if !told {
+            let _ = up.send((false, text));
+        }
+    });
+    let ready = tokio::task::spawn_blocking(move || printed.recv().unwrap_or_default())
+        .await
+        .unwrap();
     assert!(ready.0, "the demo printed no console address:\n{}", ready.1);
     assert!(ready.1.contains("All requests were handled as expected."));
 

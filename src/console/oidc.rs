@@ -197,14 +197,7 @@ pub fn verify_id_token(
     let subject = text(principal_claim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| format!("the ID token has no {principal_claim:?} claim to name you by"))?;
-    let groups = match claims.get("groups") {
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|g| g.as_str().map(str::to_owned))
-            .collect(),
-        Some(serde_json::Value::String(g)) => vec![g.clone()],
-        _ => Vec::new(),
-    };
+    let groups = crate::identity::groups_of(claims.get("groups"));
     Ok(Identity {
         subject,
         name: text("name").or_else(|| text("preferred_username")),

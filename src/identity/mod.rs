@@ -149,6 +149,18 @@ pub struct Verifier {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+/// A groups claim as a list: an array of strings, or one string.
+pub(crate) fn groups_of(claim: Option<&serde_json::Value>) -> Vec<String> {
+    match claim {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect(),
+        Some(serde_json::Value::String(g)) => vec![g.clone()],
+        _ => Vec::new(),
+    }
+}
+
 /// Signature algorithms a token may use: asymmetric only (HS256 could be minted by anyone
 /// holding a shared secret), for the data path's tokens and the console's ID tokens alike.
 pub(crate) const ACCEPTED: &[Algorithm] = &[
@@ -273,14 +285,7 @@ impl Verifier {
             Some("service_principal") => PrincipalKind::ServicePrincipal,
             _ => PrincipalKind::User,
         };
-        let groups = match claims.get(&self.config.groups_claim) {
-            Some(serde_json::Value::Array(items)) => items
-                .iter()
-                .filter_map(|g| g.as_str().map(str::to_owned))
-                .collect(),
-            Some(serde_json::Value::String(g)) => vec![g.clone()],
-            _ => Vec::new(),
-        };
+        let groups = groups_of(claims.get(&self.config.groups_claim));
         Ok((
             Principal {
                 id: sub.to_owned(),

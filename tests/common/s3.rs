@@ -60,7 +60,12 @@ pub async fn s3_harness() -> Harness {
 
 /// The S3 harness with more configuration appended (`[exceptions]`, …).
 pub async fn s3_harness_with(extra: &str) -> Harness {
-    // The stand-in's address is only known once it runs: start, then rebuild the config.
+    s3_harness_from(|standin| s3_options(standin, extra)).await
+}
+
+/// A harness whose configuration needs the stand-in's address (only known once it runs):
+/// start, then start again on the configuration `options` builds from that address.
+pub async fn s3_harness_from(options: impl FnOnce(&str) -> FixtureOptions) -> Harness {
     let mut h = Harness::with(
         FixtureOptions {
             tls: false,
@@ -73,12 +78,9 @@ pub async fn s3_harness_with(extra: &str) -> Harness {
     let running = h.running.take().unwrap();
     running.shutdown().await;
     let dir = h.fixture.dir.join("s3");
-    h.fixture = gatehouse::testing::Fixture::create(
-        &dir,
-        &h.standin.url(),
-        &s3_options(&h.standin.url(), extra),
-    )
-    .unwrap();
+    h.fixture =
+        gatehouse::testing::Fixture::create(&dir, &h.standin.url(), &options(&h.standin.url()))
+            .unwrap();
     let running = gatehouse::proxy::server::start(&h.fixture.config)
         .await
         .unwrap();
