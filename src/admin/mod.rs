@@ -23,6 +23,10 @@ use crate::identity::{Principal, PrincipalKind};
 use crate::proxy::server::{CurrentGateway, Reloader};
 use crate::proxy::Gateway;
 
+/// The address of the client a request came from (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// What the admin listener serves from.
 #[derive(Clone)]
 pub struct Admin {
@@ -46,19 +50,19 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let admin = admin.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_connection(stream, admin).await,
+                        None => serve_connection(stream, admin, peer).await,
                         Some(acceptor) => {
                             let handshake = tokio::time::timeout(
                                 std::time::Duration::from_secs(10),
                                 acceptor.accept(stream),
                             );
                             if let Ok(Ok(stream)) = handshake.await {
-                                serve_connection(stream, admin).await;
+                                serve_connection(stream, admin, peer).await;
                             }
                         }
                     }
@@ -69,12 +73,13 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(stream: S, admin: Admin)
+async fn serve_connection<S>(stream: S, admin: Admin, peer: std::net::SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = admin.header_read_timeout;
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer.ip()));
         let admin = admin.clone();
         async move { Ok::<_, std::convert::Infallible>(route(admin, req).await) }
     });

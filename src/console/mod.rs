@@ -157,7 +157,13 @@ impl Console {
         let method = req.method().clone();
         match (&method, path.as_str()) {
             (&Method::GET, "/console.css") => pages::stylesheet(),
-            (&Method::GET, "/login") => self.begin_login().await,
+            (&Method::GET, "/login") => {
+                let client = req
+                    .extensions()
+                    .get::<crate::admin::ClientAddr>()
+                    .map(|c| c.0);
+                self.begin_login(client).await
+            }
             (&Method::GET, p) if p == self.callback_path => self.finish_login(&req).await,
             (&Method::POST, "/logout") => self.logout(req).await,
             (&Method::GET, _) | (&Method::POST, _) => self.signed_in(exceptions, req).await,
@@ -280,8 +286,8 @@ impl Console {
             .map(refused_cross_site)
     }
 
-    async fn begin_login(&self) -> Response<Full<Bytes>> {
-        let (secrets, binding) = self.sessions.begin_login(Instant::now());
+    async fn begin_login(&self, client: Option<std::net::IpAddr>) -> Response<Full<Bytes>> {
+        let (secrets, binding) = self.sessions.begin_login(Instant::now(), client);
         match self.provider.authorization_url(&secrets).await {
             Ok(url) => {
                 let mut r = web::redirect(&url);

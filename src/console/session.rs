@@ -13,6 +13,9 @@ use super::oidc::{random_token, Identity, LoginSecrets};
 pub const LOGIN_TTL: Duration = Duration::from_secs(10 * 60);
 /// Bounds on what unauthenticated browsers can make the gateway hold.
 const MAX_PENDING_LOGINS: usize = 10_000;
+/// Logins in progress one client address may hold: a browser needs one or two, and one
+/// address flooding `/login` then only evicts its own.
+const MAX_PENDING_PER_CLIENT: usize = 16;
 const MAX_SESSIONS: usize = 10_000;
 
 /// Who is logged in, as the provider said at login.
@@ -58,6 +61,7 @@ struct PendingLogin {
     secrets: LoginSecrets,
     binding: [u8; 32],
     created: Instant,
+    client: Option<std::net::IpAddr>,
 }
 
 pub struct Sessions {
@@ -90,7 +94,25 @@ impl Sessions {
 
     /// Starts a login: the secrets to send the browser off with, and the value of the
     /// cookie that binds the provider's answer to this browser.
-    pub fn begin_login(&self, now: Instant) -> (LoginSecrets, String) {
+    pub fn begin_login(
+        &self,
+        now: Instant,
+        client: Option<std::net::IpAddr>,
+    ) -> (LoginSecrets, String) {
+        if client.is_some() {
+            let mut mine: Vec<(Instant, String)> = self
+                .logins
+                .iter()
+                .filter(|p| p.client == client)
+                .map(|p| (p.created, p.key().clone()))
+                .collect();
+            if mine.len() >= MAX_PENDING_PER_CLIENT {
+                mine.sort();
+                for (_, state) in &mine[..=mine.len() - MAX_PENDING_PER_CLIENT] {
+                    self.logins.remove(state);
+                }
+            }
+        }
         if self.logins.len() >= MAX_PENDING_LOGINS {
             self.logins
                 .retain(|_, p| now.saturating_duration_since(p.created) < LOGIN_TTL);
@@ -111,6 +133,7 @@ impl Sessions {
                 secrets: secrets.clone(),
                 binding: digest(&binding),
                 created: now,
+                client,
             },
         );
         (secrets, binding)
@@ -211,23 +234,44 @@ mod tests {
     fn a_login_is_taken_once_and_only_by_the_browser_that_started_it() {
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(600));
         let t0 = Instant::now();
-        let (secrets, binding) = s.begin_login(t0);
+        let (secrets, binding) = s.begin_login(t0, None);
         assert!(s
             .take_login(&secrets.state, Some("another browser"), t0)
             .is_none());
         // The wrong browser's attempt used it up.
         assert!(s.take_login(&secrets.state, Some(&binding), t0).is_none());
-        let (secrets, binding) = s.begin_login(t0);
+        let (secrets, binding) = s.begin_login(t0, None);
         assert_eq!(
             s.take_login(&secrets.state, Some(&binding), t0),
             Some(secrets.clone())
         );
         assert!(s.take_login(&secrets.state, Some(&binding), t0).is_none());
-        let (secrets, binding) = s.begin_login(t0);
+        let (secrets, binding) = s.begin_login(t0, None);
         assert!(s
             .take_login(&secrets.state, Some(&binding), t0 + LOGIN_TTL)
             .is_none());
         assert!(s.take_login("never issued", Some(&binding), t0).is_none());
+    }
+
+    #[test]
+    fn one_client_flooding_logins_only_evicts_its_own() {
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(600));
+        let t0 = Instant::now();
+        let (theirs, binding) = s.begin_login(t0, Some([10, 0, 0, 7].into()));
+        let flooder = Some([10, 6, 6, 6].into());
+        let (first, first_binding) = s.begin_login(t0, flooder);
+        for i in 0..1000 {
+            s.begin_login(t0 + Duration::from_millis(i + 1), flooder);
+        }
+        assert!(s.logins.len() <= MAX_PENDING_PER_CLIENT + 1);
+        assert!(s
+            .take_login(&first.state, Some(&first_binding), t0)
+            .is_none());
+        assert_eq!(
+            s.take_login(&theirs.state, Some(&binding), t0),
+            Some(theirs),
+            "another client's login in progress survives"
+        );
     }
 
     #[test]
