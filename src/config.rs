@@ -661,21 +661,9 @@ fn secure_url(value: &str, key: &str, errors: &mut Errors) -> Option<http::Uri> 
 
 /// Paths the admin listener already answers (the API, health, metrics, the console's pages).
 fn takes_a_served_path(path: &str) -> bool {
-    const EXACT: [&str; 9] = [
-        "/login",
-        "/logout",
-        "/console.css",
-        "/trail",
-        "/denials",
-        "/exceptions",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ];
-    EXACT.contains(&path)
-        || ["/trail/", "/exceptions/", "/v1/"]
-            .iter()
-            .any(|p| path.starts_with(p))
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || path.starts_with("/v1/")
+        || crate::console::is_page(path)
 }
 
 fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig> {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use gatehouse::config::Config;
+use gatehouse::console::web::URL_PART;
 
 #[derive(Parser)]
 #[command(
@@ -588,13 +589,6 @@ async fn exceptions_command(
     }
     Ok(())
 }
-
-/// What a path segment or query value escapes: all but RFC 3986's unreserved characters.
-const URL_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// approve / reject / revoke: the exception as it stands afterwards.
 async fn step(

@@ -313,7 +313,7 @@ pub(super) fn asset_needles(prefix: &str) -> Vec<Vec<u8>> {
     }
 }
 
-pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(haystack, needle).is_some()
 }
 

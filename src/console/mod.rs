@@ -31,6 +31,22 @@ const MAX_FORM: usize = 16 * 1024;
 /// A form body that has not arrived within this long is refused.
 const FORM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The console's own pages (besides `/` and the login callback, whose path is configured).
+pub fn is_page(path: &str) -> bool {
+    const PAGES: [&str; 6] = [
+        "/login",
+        "/logout",
+        "/console.css",
+        "/trail",
+        "/denials",
+        "/exceptions",
+    ];
+    PAGES.contains(&path)
+        || ["/trail/", "/exceptions/"]
+            .iter()
+            .any(|p| path.starts_with(p))
+}
+
 /// What a signed-in person may do, from their groups as of now (a reload that changes the
 /// groups changes access at the next page).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,13 +145,7 @@ impl Console {
     /// Whether the console answers this path (the admin API keeps `/v1/…`, `/healthz`,
     /// `/readyz` and `/metrics`).
     pub fn serves(&self, path: &str) -> bool {
-        matches!(path, "/" | "/login" | "/logout" | "/console.css")
-            || path == self.callback_path
-            || path == "/trail"
-            || path == "/denials"
-            || path.starts_with("/trail/")
-            || path == "/exceptions"
-            || path.starts_with("/exceptions/")
+        path == "/" || path == self.callback_path || is_page(path)
     }
 
     pub async fn answer(
@@ -387,7 +397,7 @@ impl Console {
                 let sep = if end.contains('?') { '&' } else { '?' };
                 web::redirect(&format!(
                     "{end}{sep}{}",
-                    oidc::form_encode(&[
+                    web::form_encode(&[
                         ("id_token_hint", &current.id_token),
                         ("client_id", &self.config.client_id),
                     ])

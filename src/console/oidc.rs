@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::web;
 use crate::identity::KeySet;
 
 /// The scopes asked for: the ID token must carry who the user is and their groups.
@@ -95,7 +96,7 @@ pub fn authorization_url(
     redirect_url: &str,
     secrets: &LoginSecrets,
 ) -> String {
-    let query = form_encode(&[
+    let query = web::form_encode(&[
         ("response_type", "code"),
         ("client_id", client_id),
         ("redirect_uri", redirect_url),
@@ -111,24 +112,6 @@ pub fn authorization_url(
         '?'
     };
     format!("{}{sep}{query}", meta.authorization_endpoint)
-}
-
-/// `application/x-www-form-urlencoded`.
-pub fn form_encode(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
-        .to_string()
-        .replace("%2D", "-")
-        .replace("%2E", ".")
-        .replace("%5F", "_")
-        .replace("%7E", "~")
 }
 
 /// What an ID token must say to be accepted, and which claim names the person.
@@ -300,7 +283,7 @@ impl Provider {
         secrets: &LoginSecrets,
     ) -> Result<(Identity, String), String> {
         let meta = self.metadata().await?;
-        let form = form_encode(&[
+        let form = web::form_encode(&[
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", &self.redirect_url),
@@ -308,8 +291,8 @@ impl Provider {
         ]);
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
-            encode(&self.client_id),
-            encode(&self.client_secret.0)
+            web::encode(&self.client_id),
+            web::encode(&self.client_secret.0)
         ));
         let req = http::Request::post(meta.token_endpoint.as_str())
             .header(

@@ -229,7 +229,7 @@ impl SearchForm {
             .collect();
         let page = page.to_string();
         pairs.push(("page", &page));
-        format!("/trail?{}", super::oidc::form_encode(&pairs))
+        format!("/trail?{}", web::form_encode(&pairs))
     }
 }
 
@@ -397,15 +397,15 @@ pub fn request(viewer: &Viewer, dir: &Path, exchange: &str) -> Response<Full<Byt
     {
         return not_found(viewer);
     }
+    let needle = format!("\"exchange\":\"{exchange}\"");
     let mut hit = None;
     let scan = query::for_each_line(dir, |line| {
-        let phase_decision = query_contains(line, br#""phase":"decision""#);
-        let phase_completion = query_contains(line, br#""phase":"completion""#);
+        let phase_decision = query::contains(line, br#""phase":"decision""#);
+        let phase_completion = query::contains(line, br#""phase":"completion""#);
         if !(phase_decision || phase_completion) {
             return;
         }
-        let needle = format!("\"exchange\":\"{exchange}\"");
-        if !query_contains(line, needle.as_bytes()) {
+        if !query::contains(line, needle.as_bytes()) {
             return;
         }
         let Ok(record) = serde_json::from_slice::<Value>(line) else {
@@ -527,10 +527,6 @@ pub fn request(viewer: &Viewer, dir: &Path, exchange: &str) -> Response<Full<Byt
             completion_json: c.map(pretty),
         },
     )
-}
-
-fn query_contains(hay: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn not_found(viewer: &Viewer) -> Response<Full<Bytes>> {
@@ -825,8 +821,8 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
     // Counted line by line: nothing but the tally is held, whatever the trail holds.
     let mut tallier = super::denials::Tallier::new(end, secs);
     let scan = query::for_each_line(dir, |line| {
-        if !query_contains(line, br#""phase":"decision""#)
-            || !query_contains(line, br#""effect":"deny""#)
+        if !query::contains(line, br#""phase":"decision""#)
+            || !query::contains(line, br#""effect":"deny""#)
         {
             return;
         }
@@ -850,7 +846,7 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
     let link = |key: &str, value: &str| {
         format!(
             "/trail?{}",
-            super::oidc::form_encode(&[(key, value), ("decision", "deny"), ("since", period)])
+            web::form_encode(&[(key, value), ("decision", "deny"), ("since", period)])
         )
     };
     render(

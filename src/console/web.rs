@@ -13,6 +13,27 @@ pub const SESSION_COOKIE: &str = "__Host-gatehouse-console";
 /// answer is only taken from the browser holding this cookie.
 pub const LOGIN_COOKIE: &str = "__Host-gatehouse-login";
 
+/// What a query value, form value or path segment escapes: all but RFC 3986's unreserved
+/// characters (also what the exceptions CLI uses for its URLs).
+pub const URL_PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+pub fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, URL_PART).to_string()
+}
+
+/// Pairs as `application/x-www-form-urlencoded` (a query string or a form body).
+pub fn form_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// `application/x-www-form-urlencoded` (forms and query strings) into pairs, in order.
 pub fn parse_form(text: &str) -> Vec<(String, String)> {
     text.split('&')
