@@ -216,16 +216,46 @@ auditor_groups = ["sec-auditors"]
         sign_in_at(&self.browser, &self.base, login).await;
     }
 
+    /// The text of `css`, once it is there. An element found on a page that a navigation
+    /// then replaces goes stale; it is looked up again on the new page.
     async fn text(&self, css: &str) -> String {
-        self.browser
-            .wait()
-            .at_most(Duration::from_secs(20))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .text()
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .browser
+                .wait()
+                .at_most(Duration::from_secs(20))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match found.text().await {
+                Ok(text) => return text,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{css} went stale ({e}); looking again");
+                }
+                Err(e) => panic!("{css}: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the browser is on a page whose address contains `part` (after a click
+    /// that navigates, so that what is read next is the new page).
+    async fn until_url_contains(&self, part: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .browser
+            .current_url()
             .await
             .unwrap()
+            .as_str()
+            .contains(part)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "never reached a page with {part:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn screenshot(&self, name: &str) {
@@ -358,6 +388,7 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
         .click()
         .await
         .unwrap();
+    console.until_url_contains("decision=deny").await;
     let results = console.text("#results tbody").await;
     assert!(results.contains("alice@bank.example"), "{results}");
     assert!(results.contains("dbfs.read"), "{results}");
