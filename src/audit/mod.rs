@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod digest;
+pub mod index;
 pub mod lineage;
 pub mod query;
 mod record;
