@@ -597,6 +597,7 @@ pub struct RawConsole {
     pub oidc_ca_file: Option<PathBuf>,
     #[serde(default = "default_principal_claim")]
     pub principal_claim: String,
+    pub index_file: Option<PathBuf>,
 }
 
 fn default_principal_claim() -> String {
@@ -623,6 +624,9 @@ pub struct ConsoleConfig {
     /// The ID-token claim that names a person as the data path names them (its `sub`), so
     /// the exception rules compare the console's approver with requesters like with like.
     pub principal_claim: String,
+    /// The trail index the console searches; `None` puts it in the trail directory as
+    /// `console-index.sqlite`.
+    pub index_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
@@ -743,6 +747,7 @@ fn check_console(raw: &RawConsole, errors: &mut Errors) -> Option<ConsoleConfig>
         session_max: max?,
         oidc_ca_file: raw.oidc_ca_file.clone(),
         principal_claim: raw.principal_claim.trim().to_owned(),
+        index_file: raw.index_file.clone(),
     })
     .filter(|_| issuer_ok && redirect_ok)
 }

@@ -69,12 +69,22 @@ fn browser_tools() -> Option<()> {
     None
 }
 
+/// A port free now for a listener this test starts (and may restart) itself. Taken below
+/// the kernel's ephemeral range (32768 and up): a port from there can become the source
+/// port of any outgoing connection on the machine between the check and the (re)start,
+/// which failed a restart here once with "Address already in use".
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos() as usize
+        + std::process::id() as usize;
+    const FIRST: usize = 20_000;
+    const SPAN: usize = 12_000;
+    (0..SPAN)
+        .map(|i| (FIRST + (seed + i * 7919) % SPAN) as u16)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// A child process killed when dropped.
@@ -412,6 +422,20 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
     assert!(facts.contains("403"), "the completion is joined: {facts}");
     assert!(!console.text("#reason").await.is_empty());
     console.screenshot("request").await;
+    // What the auditor searched for and opened is on the record too.
+    in_trail(&console.h, |r| {
+        r["phase"] == "console"
+            && r["event"] == "view"
+            && r["user"] == "auditor1"
+            && r["page"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/trail?") && p.contains("decision=deny"))
+    })
+    .await;
+    in_trail(&console.h, |r| {
+        r["event"] == "view" && r["page"].as_str().is_some_and(|p| p.starts_with("/trail/"))
+    })
+    .await;
 
     // What is being blocked: the chart and the most denied.
     c.goto(&console.url("/denials")).await.unwrap();

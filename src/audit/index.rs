@@ -333,8 +333,11 @@ fn sql_error(what: &str) -> impl Fn(sqlx::Error) -> String + '_ {
 
 impl TrailIndex {
     /// Opens (or creates, or rebuilds) the index of `dir` at `file` and starts the task that
-    /// keeps it up to date; the task ends with the runtime.
-    pub async fn start(dir: PathBuf, file: PathBuf) -> Result<Arc<TrailIndex>, String> {
+    /// keeps it up to date (stop it with the gateway).
+    pub async fn start(
+        dir: PathBuf,
+        file: PathBuf,
+    ) -> Result<(Arc<TrailIndex>, tokio::task::JoinHandle<()>), String> {
         let pool = match open(&file).await {
             Ok(pool) => pool,
             Err(why) => {
@@ -355,8 +358,8 @@ impl TrailIndex {
             stale: AtomicBool::new(false),
         });
         let keep = index.clone();
-        tokio::spawn(async move { keep.run().await });
-        Ok(index)
+        let task = tokio::spawn(async move { keep.run().await });
+        Ok((index, task))
     }
 
     async fn run(&self) {

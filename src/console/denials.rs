@@ -1,9 +1,11 @@
 //! What is being blocked: denials over a period counted by rule into time slots, drawn as a
 //! server-rendered SVG (no script), and the most denied principals and assets. Pure: the
-//! caller reads the trail and feeds the denials in.
+//! trail index counts, this draws.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+
+use crate::audit::index::DenialCounts;
 
 /// Bars in the chart.
 pub const SLOTS: usize = 24;
@@ -12,15 +14,8 @@ const SHOWN_RULES: usize = 6;
 const COLOURS: [&str; SHOWN_RULES + 1] = [
     "#b42318", "#dc6803", "#1849a9", "#7a2e0e", "#6941c6", "#067647", "#667085",
 ];
-const TOP: usize = 10;
-
-/// One denial as the trail recorded it.
-pub struct Denial<'a> {
-    pub at_unix: i64,
-    pub rule: &'a str,
-    pub principal: &'a str,
-    pub asset: Option<&'a str>,
-}
+/// Principals and assets listed as the most denied.
+pub const TOP: usize = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tally {
@@ -33,73 +28,24 @@ pub struct Tally {
     pub total: u32,
 }
 
-/// Distinct principals, assets or rules counted by name; beyond this many, further names are
-/// counted together, so a flood of unique paths cannot make a page hold unbounded memory.
-const MAX_DISTINCT: usize = 10_000;
-const OTHERS: &str = "(all others)";
-
-/// Counts denials in `[end - period, end)` into `SLOTS` equal slots, one at a time.
-pub struct Tallier {
-    start: i64,
-    end: i64,
-    slot_secs: i64,
-    rules: HashMap<String, Vec<u32>>,
-    principals: HashMap<String, u32>,
-    assets: HashMap<String, u32>,
-    total: u32,
+/// The chart's period: `SLOTS` equal slots ending at `end` and covering at least
+/// `period_secs`; returns its start and the slot length, in seconds.
+pub fn period(end: i64, period_secs: i64) -> (i64, i64) {
+    let slot_secs = (period_secs / SLOTS as i64).max(1);
+    (end - slot_secs * SLOTS as i64, slot_secs)
 }
 
-fn count_into(map: &mut HashMap<String, u32>, name: &str) {
-    if let Some(n) = map.get_mut(name) {
-        *n += 1;
-    } else if map.len() < MAX_DISTINCT {
-        map.insert(name.to_owned(), 1);
-    } else {
-        *map.entry(OTHERS.to_owned()).or_default() += 1;
-    }
-}
-
-impl Tallier {
-    pub fn new(end: i64, period_secs: i64) -> Tallier {
-        let slot_secs = (period_secs / SLOTS as i64).max(1);
-        Tallier {
-            start: end - slot_secs * SLOTS as i64,
-            end,
-            slot_secs,
-            rules: HashMap::new(),
-            principals: HashMap::new(),
-            assets: HashMap::new(),
-            total: 0,
+impl Tally {
+    /// The chart's data from the counts the trail index made for the period starting at
+    /// `start`.
+    pub fn of(counts: DenialCounts, start: i64, slot_secs: i64) -> Tally {
+        let mut rules: HashMap<String, Vec<u32>> = HashMap::new();
+        for (slot, rule, n) in counts.by_slot_and_rule {
+            if slot < SLOTS {
+                rules.entry(rule).or_insert_with(|| vec![0; SLOTS])[slot] += n;
+            }
         }
-    }
-
-    /// The start of the period, as seconds since the epoch.
-    pub fn start(&self) -> i64 {
-        self.start
-    }
-
-    pub fn add(&mut self, d: Denial<'_>) {
-        if d.at_unix < self.start || d.at_unix >= self.end {
-            return;
-        }
-        let slot = ((d.at_unix - self.start) / self.slot_secs) as usize;
-        let rule = if self.rules.contains_key(d.rule) || self.rules.len() < MAX_DISTINCT {
-            d.rule
-        } else {
-            OTHERS
-        };
-        self.rules
-            .entry(rule.to_owned())
-            .or_insert_with(|| vec![0; SLOTS])[slot] += 1;
-        count_into(&mut self.principals, d.principal);
-        if let Some(a) = d.asset.filter(|a| !a.is_empty()) {
-            count_into(&mut self.assets, a);
-        }
-        self.total += 1;
-    }
-
-    pub fn finish(self) -> Tally {
-        let mut by_rule: Vec<(String, Vec<u32>)> = self.rules.into_iter().collect();
+        let mut by_rule: Vec<(String, Vec<u32>)> = rules.into_iter().collect();
         by_rule.sort_by(|a, b| {
             let sum = |c: &Vec<u32>| c.iter().sum::<u32>();
             sum(&b.1).cmp(&sum(&a.1)).then(a.0.cmp(&b.0))
@@ -115,34 +61,14 @@ impl Tallier {
             by_rule.push(("other rules".to_owned(), other));
         }
         Tally {
-            start: self.start,
-            slot_secs: self.slot_secs,
+            start,
+            slot_secs,
             by_rule,
-            principals: top(self.principals),
-            assets: top(self.assets),
-            total: self.total,
+            principals: counts.principals,
+            assets: counts.assets,
+            total: counts.total,
         }
     }
-}
-
-/// All at once (the tests' form of `Tallier`).
-pub fn tally<'a>(
-    denials: impl IntoIterator<Item = Denial<'a>>,
-    end: i64,
-    period_secs: i64,
-) -> Tally {
-    let mut t = Tallier::new(end, period_secs);
-    for d in denials {
-        t.add(d);
-    }
-    t.finish()
-}
-
-fn top(counts: HashMap<String, u32>) -> Vec<(String, u32)> {
-    let mut v: Vec<(String, u32)> = counts.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.truncate(TOP);
-    v
 }
 
 fn escape(text: &str) -> String {
@@ -231,34 +157,43 @@ pub fn svg(t: &Tally) -> String {
 mod tests {
     use super::*;
 
-    fn d<'a>(at: i64, rule: &'a str, who: &'a str, asset: Option<&'a str>) -> Denial<'a> {
-        Denial {
-            at_unix: at,
-            rule,
-            principal: who,
-            asset,
+    /// Counts as the index makes them, from (seconds since the epoch, rule) pairs.
+    fn counts(start: i64, slot_secs: i64, denials: &[(i64, &str)]) -> DenialCounts {
+        let mut by: HashMap<(usize, String), u32> = HashMap::new();
+        for (at, rule) in denials {
+            *by.entry((((at - start) / slot_secs) as usize, rule.to_string()))
+                .or_default() += 1;
+        }
+        DenialCounts {
+            by_slot_and_rule: by.into_iter().map(|((s, r), n)| (s, r, n)).collect(),
+            principals: vec![("alice".into(), 2)],
+            assets: vec![("dbfs:/a".into(), 2)],
+            total: denials.len() as u32,
         }
     }
 
     #[test]
-    fn denials_are_counted_by_slot_and_rule_and_the_period_bounds_them() {
-        let end = 24 * 3600;
-        let t = tally(
-            [
-                d(0, "downloads.blocked", "alice", Some("dbfs:/a")),
-                d(3600 + 5, "downloads.blocked", "alice", Some("dbfs:/a")),
-                d(
-                    3600 + 6,
-                    "buckets.raw_blocked",
-                    "sp-etl",
-                    Some("s3://raw/x"),
-                ),
-                d(end - 1, "downloads.blocked", "bob", None),
-                d(end, "downloads.blocked", "late", None),
-                d(-1, "downloads.blocked", "early", None),
-            ],
-            end,
-            24 * 3600,
+    fn the_period_is_whole_slots_ending_now() {
+        assert_eq!(period(24 * 3600, 24 * 3600), (0, 3600));
+        assert_eq!(period(1000, 30), (1000 - 24, 1), "never a slot of 0 s");
+    }
+
+    #[test]
+    fn denials_are_drawn_by_slot_and_rule() {
+        let (start, slot) = period(24 * 3600, 24 * 3600);
+        let t = Tally::of(
+            counts(
+                start,
+                slot,
+                &[
+                    (0, "downloads.blocked"),
+                    (3600 + 5, "downloads.blocked"),
+                    (3600 + 6, "buckets.raw_blocked"),
+                    (24 * 3600 - 1, "downloads.blocked"),
+                ],
+            ),
+            start,
+            slot,
         );
         assert_eq!(t.total, 4);
         assert_eq!(t.slot_secs, 3600);
@@ -275,22 +210,17 @@ mod tests {
             })
         );
         assert_eq!(t.principals[0], ("alice".to_owned(), 2));
-        assert_eq!(t.assets[0], ("dbfs:/a".to_owned(), 2));
-        assert!(!t
-            .principals
-            .iter()
-            .any(|(p, _)| p == "late" || p == "early"));
     }
 
     #[test]
     fn rules_beyond_the_shown_ones_are_folded_into_other() {
         let rules: Vec<String> = (0..9).map(|i| format!("rule.{i}")).collect();
-        let denials: Vec<Denial> = rules
+        let denials: Vec<(i64, &str)> = rules
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| (0..=i).map(move |_| d(10, r, "p", None)))
+            .flat_map(|(i, r)| (0..=i).map(move |_| (10, r.as_str())))
             .collect();
-        let t = tally(denials, 3600, 3600);
+        let t = Tally::of(counts(0, 150, &denials), 0, 150);
         assert_eq!(t.by_rule.len(), SHOWN_RULES + 1);
         assert_eq!(t.by_rule[0].0, "rule.8");
         let other = t.by_rule.last().unwrap();
@@ -299,23 +229,8 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_unique_names_is_counted_without_holding_them_all() {
-        let names: Vec<String> = (0..MAX_DISTINCT + 50)
-            .map(|i| format!("dbfs:/tmp/{i}"))
-            .collect();
-        let t = tally(
-            names.iter().map(|n| d(10, "downloads.blocked", n, Some(n))),
-            3600,
-            3600,
-        );
-        assert_eq!(t.total as usize, MAX_DISTINCT + 50);
-        assert_eq!(t.assets[0], (OTHERS.to_owned(), 50));
-        assert_eq!(t.principals[0], (OTHERS.to_owned(), 50));
-    }
-
-    #[test]
     fn the_chart_escapes_every_text_and_titles_each_segment() {
-        let t = tally([d(10, "<script>x</script>", "p", None)], 3600, 3600);
+        let t = Tally::of(counts(0, 150, &[(10, "<script>x</script>")]), 0, 150);
         let svg = svg(&t);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert!(!svg.contains("<script>"));

@@ -21,6 +21,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::audit::index::TrailIndex;
 use crate::config::ConsoleConfig;
 use crate::exceptions::service::Service;
 use session::{Current, NoSession, Sessions, User};
@@ -73,7 +74,8 @@ pub struct Console {
     origin: String,
     provider_origin: String,
     callback_path: String,
-    audit_dir: PathBuf,
+    /// What the trail pages search.
+    index: Arc<TrailIndex>,
     integrity: Arc<integrity::Integrity>,
     /// Sign-ins, failed sign-ins and sign-outs are records in the trail.
     trail: Arc<crate::audit::AuditSink>,
@@ -87,6 +89,8 @@ pub struct Viewer {
     pub roles: Roles,
     pub csrf: String,
     pub integrity: integrity::IntegrityView,
+    /// Said under the integrity banner: that the search index is still reading the trail.
+    pub notice: Option<String>,
 }
 
 impl Console {
@@ -96,6 +100,7 @@ impl Console {
         config: &ConsoleConfig,
         audit_dir: PathBuf,
         key: Option<crate::audit::digest::PublicKey>,
+        index: Arc<TrailIndex>,
         trail: Arc<crate::audit::AuditSink>,
         gateway_id: String,
     ) -> Result<(Arc<Console>, tokio::task::JoinHandle<()>), String> {
@@ -105,15 +110,14 @@ impl Console {
             .map(|u| u.path().to_owned())
             .map_err(|_| "console.redirect_url is not a URL".to_owned())?;
         let provider = oidc::Provider::new(config)?;
-        let (integrity, task) =
-            integrity::Integrity::start(audit_dir.clone(), key, integrity::EVERY);
+        let (integrity, task) = integrity::Integrity::start(audit_dir, key, integrity::EVERY);
         let console = Arc::new(Console {
             provider,
             sessions: Sessions::new(config.session_idle, config.session_max),
             origin: web::origin_of(&config.redirect_url),
             provider_origin: web::origin_of(&config.oidc_issuer),
             callback_path,
-            audit_dir,
+            index,
             integrity,
             trail,
             gateway_id,
@@ -122,9 +126,10 @@ impl Console {
         Ok((console, task))
     }
 
-    /// A `console` record in the trail: who signed in or out, or why a sign-in failed.
-    fn record(&self, event: &str, user: Option<&User>, reason: Option<&str>) {
-        let body = serde_json::json!({
+    /// A `console` record in the trail: who signed in or out, why a sign-in failed, or
+    /// which trail page an auditor opened (`page`: its path and query).
+    fn record(&self, event: &str, user: Option<&User>, reason: Option<&str>, page: Option<&str>) {
+        let mut body = serde_json::json!({
             "ts": crate::audit::timestamp(std::time::SystemTime::now()),
             "gateway": self.gateway_id,
             "phase": "console",
@@ -133,6 +138,9 @@ impl Console {
             "groups": user.map(|u| u.groups.as_slice()),
             "reason": reason,
         });
+        if let Some(page) = page {
+            body["page"] = page.into();
+        }
         if self
             .trail
             .record_event(body.to_string().into_bytes())
@@ -216,6 +224,7 @@ impl Console {
             roles,
             csrf: current.csrf.clone(),
             integrity: self.integrity.view(),
+            notice: None,
         };
         if !roles.auditor && !roles.approver {
             return pages::no_access(&viewer);
@@ -225,20 +234,23 @@ impl Console {
         }
         let path = req.uri().path().to_owned();
         let query = web::parse_form(req.uri().query().unwrap_or(""));
+        let reads_trail = roles.auditor
+            && (path == "/trail" || path == "/denials" || path.starts_with("/trail/"));
+        if reads_trail {
+            // Who looked at what in the trail is itself on the record.
+            let page = req
+                .uri()
+                .path_and_query()
+                .map_or(path.as_str(), |p| p.as_str());
+            self.record("view", Some(&current.user), None, Some(page));
+        }
         match path.as_str() {
             "/" if roles.auditor => pages::redirect_to("/trail"),
             "/" => pages::redirect_to("/exceptions"),
-            "/trail" if roles.auditor => {
-                let dir = self.audit_dir.clone();
-                blocking(move || pages::trail(&viewer, &dir, &query)).await
-            }
-            "/denials" if roles.auditor => {
-                let dir = self.audit_dir.clone();
-                blocking(move || pages::denials(&viewer, &dir, &query)).await
-            }
+            "/trail" if roles.auditor => pages::trail(viewer, &self.index, &query).await,
+            "/denials" if roles.auditor => pages::denials(viewer, &self.index, &query).await,
             p if p.starts_with("/trail/") && roles.auditor => {
-                let (dir, exchange) = (self.audit_dir.clone(), p["/trail/".len()..].to_owned());
-                blocking(move || pages::request(&viewer, &dir, &exchange)).await
+                pages::request(viewer, &self.index, &p["/trail/".len()..]).await
             }
             "/exceptions" if roles.approver => match exceptions {
                 Some(service) => pages::exceptions(&viewer, service, None).await,
@@ -323,7 +335,7 @@ impl Console {
         let binding = web::cookie(req.headers(), web::LOGIN_COOKIE);
         let failed = |why: &str| {
             tracing::warn!(reason = why, "console login failed");
-            self.record("login_failed", None, Some(why));
+            self.record("login_failed", None, Some(why), None);
             let mut r = pages::login_failed(why);
             r.headers_mut()
                 .append(header::SET_COOKIE, web::clear_cookie(web::LOGIN_COOKIE));
@@ -356,7 +368,7 @@ impl Console {
             Ok((identity, id_token)) => {
                 let user = User::from(identity);
                 tracing::info!(user = %user.id, "console login");
-                self.record("login", Some(&user), None);
+                self.record("login", Some(&user), None, None);
                 let id = self.sessions.create(user, id_token, Instant::now());
                 let mut r = web::redirect("/");
                 let headers = r.headers_mut();
@@ -387,7 +399,7 @@ impl Console {
         }
         self.sessions.end(cookie);
         tracing::info!(user = %current.user.id, "console logout");
-        self.record("logout", Some(&current.user), None);
+        self.record("logout", Some(&current.user), None, None);
         let provider_logout = match self.provider.metadata().await {
             Ok(meta) => meta.end_session_endpoint.clone(),
             Err(_) => None,
@@ -424,20 +436,6 @@ fn refused_cross_site(why: CrossSite) -> Response<Full<Bytes>> {
             why.explain()
         ),
     )
-}
-
-/// Reading the trail is file I/O: off the runtime's threads, so a search of a large trail
-/// never holds up requests on the data path.
-async fn blocking(
-    page: impl FnOnce() -> Response<Full<Bytes>> + Send + 'static,
-) -> Response<Full<Bytes>> {
-    tokio::task::spawn_blocking(page).await.unwrap_or_else(|_| {
-        pages::message(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "This page failed",
-            "Reading the trail failed; the gateway's log says why.",
-        )
-    })
 }
 
 async fn read_form(body: Incoming) -> Option<Vec<(String, String)>> {

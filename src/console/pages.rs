@@ -1,8 +1,6 @@
 //! The console's pages: view models built from the trail and the exception store, rendered
 //! by compile-time-checked templates (`templates/console/`, escaped by default).
 
-use std::path::Path;
-
 use askama::Template;
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -12,11 +10,15 @@ use serde_json::Value;
 use super::human;
 use super::web::{self, field};
 use super::Viewer;
+use crate::audit::index::TrailIndex;
 use crate::audit::query::{self, Filter};
 use crate::exceptions::model::{Actor, Exception, Scope, Status};
 use crate::exceptions::service::Service;
 
 const PAGE_SIZE: usize = 50;
+/// How long a page waits for the index to take in what the trail gained since its last
+/// pass. Only the first indexing of a large trail takes longer, and the page then says so.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The deepest page of a search (the newest 10,000 matches); narrower searches reach further back.
 const MAX_PAGE: usize = 200;
 
@@ -318,6 +320,8 @@ struct TrailPage<'a> {
     decisions: [(&'static str, &'static str); 4],
     rows: Vec<TrailRow>,
     total: usize,
+    /// More matches than `total`, which stops counting at what the pages can show.
+    more: bool,
     page: usize,
     pages: usize,
     newer: Option<String>,
@@ -329,7 +333,29 @@ fn unix_now() -> i64 {
     crate::identity::unix_now() as i64
 }
 
-pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Response<Full<Bytes>> {
+/// Brings the index up to date before a page reads it, and says on the page when it could
+/// not in time (a first build of a large trail).
+async fn fresh(index: &TrailIndex, viewer: &mut Viewer) {
+    let progress = index.refresh(INDEX_WAIT).await;
+    viewer.notice = match (&progress.error, progress.caught_up()) {
+        (Some(e), _) => Some(format!(
+            "The search index cannot read the trail ({e}); results may be incomplete. `gatehouse audit query` reads the trail directly."
+        )),
+        (None, false) => Some(format!(
+            "The search index is still reading the trail ({} of {} MB); the most recent requests may be missing from these results.",
+            progress.indexed_bytes >> 20,
+            progress.trail_bytes >> 20
+        )),
+        (None, true) => None,
+    };
+}
+
+pub async fn trail(
+    mut viewer: Viewer,
+    index: &TrailIndex,
+    query: &[(String, String)],
+) -> Response<Full<Bytes>> {
+    fresh(index, &mut viewer).await;
     let form = SearchForm::from_query(query);
     // Deep pages hold every newer match while the trail is read: beyond this, refine.
     let page = field(query, "page")
@@ -337,7 +363,7 @@ pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respons
         .unwrap_or(1)
         .clamp(1, MAX_PAGE);
     let mut view = TrailPage {
-        viewer: Some(viewer),
+        viewer: Some(&viewer),
         decisions: [
             ("", "any"),
             ("deny", "denied"),
@@ -346,6 +372,7 @@ pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respons
         ],
         rows: Vec::new(),
         total: 0,
+        more: false,
         page,
         pages: 1,
         newer: None,
@@ -353,17 +380,27 @@ pub fn trail(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respons
         error: None,
         form,
     };
-    let found = view
-        .form
-        .filter(std::time::SystemTime::now())
-        .and_then(|filter| query::page(dir, &filter, (page - 1) * PAGE_SIZE, PAGE_SIZE));
+    let found = match view.form.filter(std::time::SystemTime::now()) {
+        Ok(filter) => {
+            index
+                .page(
+                    &filter,
+                    (page - 1) * PAGE_SIZE,
+                    PAGE_SIZE,
+                    MAX_PAGE * PAGE_SIZE,
+                )
+                .await
+        }
+        Err(e) => Err(e),
+    };
     match found {
         Ok(found) => {
             let now = unix_now();
             view.rows = found.hits.iter().map(|h| TrailRow::of(h, now)).collect();
             view.total = found.total;
+            view.more = found.more;
             view.pages = found.total.div_ceil(PAGE_SIZE).clamp(1, MAX_PAGE);
-            if found.total > MAX_PAGE * PAGE_SIZE {
+            if found.more {
                 view.error = Some(format!(
                     "Only the newest {} matches are shown in pages; narrow the search (time range, principal, rule) to see older ones.",
                     MAX_PAGE * PAGE_SIZE
@@ -388,40 +425,31 @@ struct RequestPage<'a> {
 }
 
 /// One request: its decision and completion joined, with everything recorded.
-pub fn request(viewer: &Viewer, dir: &Path, exchange: &str) -> Response<Full<Bytes>> {
+pub async fn request(
+    mut viewer: Viewer,
+    index: &TrailIndex,
+    exchange: &str,
+) -> Response<Full<Bytes>> {
     // The join key is gateway-made hex and dashes; anything else names nothing.
     if exchange.is_empty()
         || !exchange
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
-        return not_found(viewer);
+        return not_found(&viewer);
     }
-    let needle = format!("\"exchange\":\"{exchange}\"");
-    let mut hit = None;
-    let scan = query::for_each_line(dir, |line| {
-        let phase_decision = query::contains(line, br#""phase":"decision""#);
-        let phase_completion = query::contains(line, br#""phase":"completion""#);
-        if !(phase_decision || phase_completion) {
-            return;
+    fresh(index, &mut viewer).await;
+    let hit = match index.request(exchange).await {
+        Ok(Some(hit)) => hit,
+        Ok(None) => return not_found(&viewer),
+        Err(e) => {
+            tracing::error!(error = %e, "console: the trail index failed");
+            return message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This page failed",
+                "The trail index failed; the gateway's log says why.",
+            );
         }
-        if !query::contains(line, needle.as_bytes()) {
-            return;
-        }
-        let Ok(record) = serde_json::from_slice::<Value>(line) else {
-            return;
-        };
-        if phase_decision {
-            hit = Some(query::Hit {
-                decision: record,
-                completion: None,
-            });
-        } else if let Some(h) = hit.as_mut() {
-            h.completion = Some(record);
-        }
-    });
-    let Some(hit) = hit.filter(|_| scan.is_ok()) else {
-        return not_found(viewer);
     };
     let d = &hit.decision;
     let c = hit.completion.as_ref();
@@ -520,7 +548,7 @@ pub fn request(viewer: &Viewer, dir: &Path, exchange: &str) -> Response<Full<Byt
     render(
         StatusCode::OK,
         RequestPage {
-            viewer: Some(viewer),
+            viewer: Some(&viewer),
             row: TrailRow::of(&hit, unix_now()),
             facts,
             decision_json: pretty(d),
@@ -807,7 +835,11 @@ struct DenialsPage<'a> {
 }
 
 /// Denials over a period by rule, and who and what was denied most.
-pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Response<Full<Bytes>> {
+pub async fn denials(
+    mut viewer: Viewer,
+    index: &TrailIndex,
+    query: &[(String, String)],
+) -> Response<Full<Bytes>> {
     let period = field(query, "period").unwrap_or("24h");
     let (period, secs) = match period {
         "1h" => ("1h", 3600),
@@ -816,33 +848,18 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
         _ => ("24h", 86_400),
     };
     let end = unix_now() + 1;
-    let since = human::utc_of(end - secs);
-    let since_bound = query::time_bound(period, std::time::SystemTime::now()).unwrap_or_default();
-    // Counted line by line: nothing but the tally is held, whatever the trail holds.
-    let mut tallier = super::denials::Tallier::new(end, secs);
-    let scan = query::for_each_line(dir, |line| {
-        if !query::contains(line, br#""phase":"decision""#)
-            || !query::contains(line, br#""effect":"deny""#)
-        {
-            return;
-        }
-        let Ok(r) = serde_json::from_slice::<Value>(line) else {
-            return;
-        };
-        let ts = str_at(&r, &["ts"]);
-        if ts < since_bound.as_str() {
-            return;
-        }
-        let Some(at) = human::unix_of(ts) else { return };
-        let asset = query::asset_name(&r);
-        tallier.add(super::denials::Denial {
-            at_unix: at,
-            rule: str_at(&r, &["decision", "rule"]),
-            principal: str_at(&r, &["principal", "id"]),
-            asset: asset.as_deref(),
-        });
-    });
-    let tally = tallier.finish();
+    let (start, slot_secs) = super::denials::period(end, secs);
+    fresh(index, &mut viewer).await;
+    let counted = index
+        .denials(start, slot_secs, super::denials::SLOTS, super::denials::TOP)
+        .await;
+    let (tally, error) = match counted {
+        Ok(counts) => (super::denials::Tally::of(counts, start, slot_secs), None),
+        Err(e) => (
+            super::denials::Tally::of(Default::default(), start, slot_secs),
+            Some(e),
+        ),
+    };
     let link = |key: &str, value: &str| {
         format!(
             "/trail?{}",
@@ -852,7 +869,7 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
     render(
         StatusCode::OK,
         DenialsPage {
-            viewer: Some(viewer),
+            viewer: Some(&viewer),
             period: period.to_owned(),
             periods: [
                 ("1h", "last hour"),
@@ -872,9 +889,9 @@ pub fn denials(viewer: &Viewer, dir: &Path, query: &[(String, String)]) -> Respo
                 .iter()
                 .map(|(a, n)| ((a.clone(), link("asset", a)), *n))
                 .collect(),
-            from_utc: since,
+            from_utc: human::utc_of(start),
             to_utc: human::utc_of(end),
-            error: scan.err(),
+            error,
         },
     )
 }

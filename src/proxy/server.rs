@@ -111,13 +111,23 @@ async fn start_with(
                 Some(path) => Some(crate::audit::digest::Signer::load(path)?.public_key()),
                 None => None,
             };
+            let index_file = c
+                .index_file
+                .clone()
+                .unwrap_or_else(|| config.audit.dir.join("console-index.sqlite"));
+            let (index, indexing) =
+                crate::audit::index::TrailIndex::start(config.audit.dir.clone(), index_file)
+                    .await
+                    .map_err(|e| format!("console.index_file: {e}"))?;
             let (console, verifying) = crate::console::Console::new(
                 c,
                 config.audit.dir.clone(),
                 key,
+                index,
                 audit.clone(),
                 config.server.gateway_id.clone(),
             )?;
+            background.push(indexing);
             background.push(verifying);
             Some(console)
         }
