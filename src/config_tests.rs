@@ -295,7 +295,19 @@ fn the_console_must_sign_people_in_where_the_gateways_tokens_come_from() {
     let (c, _secret) = with_console(
         "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/auth/callback\"\nprincipal_claim = \"email\"\n",
     );
-    assert_eq!(c.unwrap().console.unwrap().principal_claim, "email");
+    let console = c.unwrap().console.unwrap();
+    assert_eq!(console.principal_claim, "email");
+    assert_eq!(
+        console.index_file, None,
+        "the gateway puts it in the trail directory"
+    );
+    let (c, _secret) = with_console(
+        "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/auth/callback\"\nindex_file = \"/var/lib/gatehouse/index.sqlite\"\n",
+    );
+    assert_eq!(
+        c.unwrap().console.unwrap().index_file,
+        Some(std::path::PathBuf::from("/var/lib/gatehouse/index.sqlite"))
+    );
     let (c, _secret) = with_console(
         "oidc_issuer = \"https://login.bank.example\"\nclient_id = \"c\"\nclient_secret_file = \"SECRET\"\nredirect_url = \"https://gw.bank.example:9443/exceptions/cb\"\n",
     );

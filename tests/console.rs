@@ -422,6 +422,15 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
     assert!(facts.contains("403"), "the completion is joined: {facts}");
     assert!(!console.text("#reason").await.is_empty());
     console.screenshot("request").await;
+    assert!(
+        console
+            .h
+            .fixture
+            .audit_dir
+            .join("console-index.sqlite")
+            .exists(),
+        "the searches ran on the trail index, kept beside the segments"
+    );
     // What the auditor searched for and opened is on the record too.
     in_trail(&console.h, |r| {
         r["phase"] == "console"
@@ -800,6 +809,15 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
 
     console.sign_in("approver1").await;
     let c = &console.browser;
+    // A link cannot make the page claim an action that did not happen.
+    c.goto(&console.url(&format!("/exceptions?done=approved&id={id}")))
+        .await
+        .unwrap();
+    assert!(c
+        .find(Locator::Css(&format!("#pending-{id}")))
+        .await
+        .is_ok());
+    assert!(c.find(Locator::Css("#flash")).await.is_err());
     c.goto(&console.url("/exceptions")).await.unwrap();
     let card = format!("#pending-{id}");
     // A decision needs a comment: the browser itself refuses an empty one (required).
@@ -815,8 +833,12 @@ async fn an_approver_approves_sees_it_in_force_and_revokes_it() {
         .click()
         .await
         .unwrap();
+    // Post, redirect, get: the page the browser lands on can be reloaded without posting.
+    console.until_url_contains("done=approved").await;
     let flash = console.text("#flash").await;
     assert!(flash.contains("approved"), "{flash}");
+    c.refresh().await.unwrap();
+    assert!(console.text("#flash").await.contains("approved"));
     let active = console.text(&format!("#active-{id}")).await;
     assert!(active.contains("left, until"), "{active}");
     assert!(active.contains("s3://buk-raw-landing/landing/"), "{active}");

@@ -742,6 +742,33 @@ async fn an_open_websocket_survives_a_reload_that_denies_new_ones() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 }
 
+/// A browser signed in to the review console sends its cookies to every port of that host
+/// name; a workspace reached under it gets the other cookies, never the console's.
+#[tokio::test]
+async fn the_review_consoles_cookies_are_not_forwarded() {
+    let h = Harness::start().await;
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, false).unwrap();
+    let req = http::Request::get(h.url(ANALYTICS_HOST, "/api/2.1/clusters/list"))
+        .header("authorization", format!("Bearer {}", h.alice()))
+        .header(
+            "cookie",
+            "__Host-gatehouse-console=console-session-id; workspace-pref=dark",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = h.standin.seen();
+    let cookies: Vec<_> = seen
+        .last()
+        .unwrap()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .collect();
+    assert_eq!(cookies, ["workspace-pref=dark"]);
+}
+
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     use http_body_util::BodyExt;

@@ -1,6 +1,7 @@
 //! The trail's integrity as every console page shows it: the whole trail is verified (hash
 //! chain, digests, signatures when a signing key is configured) in the background, at start
-//! and then periodically, and the last outcome is kept.
+//! and then every 5 minutes (less often on a trail so large that this would take more than
+//! 2 % of a core), and the last outcome is kept.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +13,17 @@ use super::human;
 use crate::audit::digest::PublicKey;
 use crate::audit::verify::{self, Broken, GatewayReport};
 
-/// How often the trail is verified again.
+/// How often the trail is verified again, at most.
 pub const EVERY: Duration = Duration::from_secs(300);
+
+/// Verification keeps to this share of one core or less: on a trail so large that one pass
+/// takes longer than `EVERY / SHARE`, the next waits `SHARE` times as long as it took.
+const SHARE: u32 = 50;
+
+/// How long to wait before verifying again, after a pass that took `took`. Pure.
+pub fn pause_after(took: Duration, every: Duration) -> Duration {
+    every.max(took * SHARE)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -113,6 +123,7 @@ impl Integrity {
         let task = tokio::spawn(async move {
             loop {
                 let (dir, key) = (dir.clone(), key.clone());
+                let started = std::time::Instant::now();
                 let checked = tokio::task::spawn_blocking(move || {
                     let result = verify::verify_dir(&dir, key.as_ref());
                     outcome(&result, key.is_some())
@@ -127,7 +138,7 @@ impl Integrity {
                         at_unix: unix_now(),
                     }));
                 }
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(pause_after(started.elapsed(), every)).await;
             }
         });
         (integrity, task)
@@ -172,6 +183,16 @@ mod tests {
             v.text
         );
         assert_eq!(view(&Outcome::NotYet, 0, 0).state, "pending");
+    }
+
+    #[test]
+    fn a_trail_too_large_to_verify_quickly_is_verified_less_often() {
+        let every = Duration::from_secs(300);
+        assert_eq!(pause_after(Duration::from_secs(4), every), every);
+        assert_eq!(
+            pause_after(Duration::from_secs(40), every),
+            Duration::from_secs(2000)
+        );
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl Console {
                 pages::request(viewer, &self.index, &p["/trail/".len()..]).await
             }
             "/exceptions" if roles.approver => match exceptions {
-                Some(service) => pages::exceptions(&viewer, service, None).await,
+                Some(service) => pages::exceptions(&viewer, service, None, &query).await,
                 None => pages::message(
                     StatusCode::NOT_FOUND,
                     "Exceptions are not configured",

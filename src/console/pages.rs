@@ -708,6 +708,7 @@ pub async fn exceptions(
     viewer: &Viewer,
     service: &Service,
     flash: Option<Flash>,
+    query: &[(String, String)],
 ) -> Response<Full<Bytes>> {
     // Pending and approved ones whole (the store's list is capped, newest first); the rest
     // as history.
@@ -732,6 +733,14 @@ pub async fn exceptions(
         }
     };
     let now = crate::exceptions::now_ms();
+    let flash = flash.or_else(|| {
+        let id = field(query, "id")?;
+        done_flash(
+            field(query, "done")?,
+            all.iter().find(|ex| ex.id == id)?,
+            &viewer.user.id,
+        )
+    });
     let mut page = ExceptionsPage {
         viewer: Some(viewer),
         csrf: &viewer.csrf,
@@ -770,7 +779,7 @@ pub async fn act_on_exception(
         };
         return with_status(
             StatusCode::UNPROCESSABLE_ENTITY,
-            exceptions(viewer, service, Some(flash)).await,
+            exceptions(viewer, service, Some(flash), &[]).await,
         );
     };
     let actor = Actor {
@@ -787,16 +796,11 @@ pub async fn act_on_exception(
     match outcome {
         Ok(ex) => {
             tracing::info!(user = %viewer.user.id, exception = %ex.id, verb, "console: exception changed");
-            let text = match (verb, ex.status) {
-                ("approved", Status::Pending) => format!(
-                    "Your approval of {} is recorded; it needs {} more before it is in force.",
-                    ex.id,
-                    ex.required_approvals
-                        .saturating_sub(ex.approvals.len() as u32)
-                ),
-                _ => format!("Exception {} {verb}.", ex.id),
-            };
-            exceptions(viewer, service, Some(Flash { kind: "ok", text })).await
+            // Post, redirect, get: reloading the page the browser lands on posts nothing.
+            redirect_to(&format!(
+                "/exceptions?{}",
+                web::form_encode(&[("done", verb), ("id", &ex.id)])
+            ))
         }
         Err(e) => {
             let flash = Flash {
@@ -804,9 +808,34 @@ pub async fn act_on_exception(
                 text: format!("Nothing was changed: {}", e.message),
             };
             let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            with_status(status, exceptions(viewer, service, Some(flash)).await)
+            with_status(status, exceptions(viewer, service, Some(flash), &[]).await)
         }
     }
+}
+
+/// What the page says after an action redirected to it (`?done=approved&id=…`). Only what
+/// the exception's state bears out: a link cannot make the page claim what did not happen.
+fn done_flash(done: &str, ex: &Exception, viewer: &str) -> Option<Flash> {
+    let text = match (done, ex.status) {
+        ("approved", Status::Pending) if ex.approvals.iter().any(|a| a.approver == viewer) => {
+            format!(
+                "Your approval of {} is recorded; it needs {} more before it is in force.",
+                ex.id,
+                ex.required_approvals
+                    .saturating_sub(ex.approvals.len() as u32)
+            )
+        }
+        ("approved", Status::Approved) if ex.approvals.iter().any(|a| a.approver == viewer) => {
+            format!("Exception {} approved.", ex.id)
+        }
+        ("rejected", Status::Rejected) | ("revoked", Status::Revoked)
+            if ex.closed.as_ref().is_some_and(|c| c.by == viewer) =>
+        {
+            format!("Exception {} {done}.", ex.id)
+        }
+        _ => return None,
+    };
+    Some(Flash { kind: "ok", text })
 }
 
 fn with_status(status: StatusCode, mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {

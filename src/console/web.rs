@@ -9,6 +9,9 @@ use http_body_util::Full;
 /// The session cookie. `__Host-`: the browser only accepts it with `Secure`, `Path=/` and no
 /// `Domain`, so no other host and no plain-HTTP page can set or shadow it.
 pub const SESSION_COOKIE: &str = "__Host-gatehouse-console";
+/// What every console cookie's name starts with: the data path drops these (see
+/// `proxy::headers::strip_console_cookies`).
+pub const COOKIE_PREFIX: &str = "__Host-gatehouse-";
 /// Binds a login in progress to the browser that started it (login CSRF): the provider's
 /// answer is only taken from the browser holding this cookie.
 pub const LOGIN_COOKIE: &str = "__Host-gatehouse-login";

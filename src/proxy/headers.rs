@@ -3,6 +3,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::console::web::COOKIE_PREFIX as CONSOLE_COOKIE_PREFIX;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy ones; never forwarded either way.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -53,6 +55,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Removes the review console's cookies from a request going upstream. A browser sends a
+/// host's cookies to every port of it, so a workspace reached under the console's host name
+/// would otherwise receive a console session. Other cookies pass as they came.
+pub fn strip_console_cookies(headers: &mut HeaderMap) {
+    let carries_one = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), CONSOLE_COOKIE_PREFIX.as_bytes()).is_some());
+    if !carries_one {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .flat_map(|v| {
+            v.split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && !pair.starts_with(CONSOLE_COOKIE_PREFIX))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
 /// Sets the forwarding headers from what the gateway itself saw; any values the client sent
 /// are dropped, since the gateway is the edge and cannot vouch for them.
 pub fn set_forwarded(
@@ -63,6 +96,7 @@ pub fn set_forwarded(
     request_id: &HeaderValue,
 ) {
     headers.remove(&FORWARDED);
+    strip_console_cookies(headers);
     headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
@@ -106,6 +140,35 @@ pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consoles_cookies_never_go_upstream_and_others_do() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-gatehouse-console=s3cr3t;b=2"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-gatehouse-login=x"),
+        );
+        strip_console_cookies(&mut h);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2"]);
+
+        let mut only = HeaderMap::new();
+        only.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-gatehouse-console=s3cr3t"),
+        );
+        strip_console_cookies(&mut only);
+        assert!(!only.contains_key(header::COOKIE));
+
+        let mut none = HeaderMap::new();
+        none.insert(header::COOKIE, HeaderValue::from_static("session=abc"));
+        strip_console_cookies(&mut none);
+        assert_eq!(none[header::COOKIE], "session=abc");
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
