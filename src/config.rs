@@ -625,7 +625,7 @@ pub struct ConsoleConfig {
     /// the exception rules compare the console's approver with requesters like with like.
     pub principal_claim: String,
     /// The trail index the console searches; `None` puts it in the trail directory as
-    /// `console-index.sqlite`.
+    /// `console-index.<gateway_id>.sqlite`.
     pub index_file: Option<PathBuf>,
 }
 

@@ -11,14 +11,12 @@
 //!
 //! Whether the trail holds is `verify`'s job, not the index's.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -29,12 +27,23 @@ use super::query::{self, Filter, Hit};
 use super::segment;
 
 /// Bumped whenever the tables change: an index of another version is rebuilt.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+
+/// `PRAGMA application_id` of a trail index (ASCII "GHTI"): only a file carrying it is ever
+/// replaced, so a mistyped `index_file` cannot delete someone else's database.
+const APPLICATION_ID: i32 = 0x4748_5449;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    // How far each segment file has been read: always the end of a whole line.
-    "CREATE TABLE segments (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, indexed INTEGER NOT NULL)",
+    // How far each segment file has been read (always the end of a whole line), and the
+    // bytes just before that point: if they change, the segment was rewritten in place.
+    // AUTOINCREMENT: a dropped segment's id is never given to another.
+    "CREATE TABLE segments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        indexed INTEGER NOT NULL,
+        tail BLOB NOT NULL
+    )",
     // One row per decision record: the fields a search filters on, and where the line is.
     "CREATE TABLE requests (
         id INTEGER PRIMARY KEY,
@@ -65,8 +74,9 @@ const SCHEMA: &[&str] = &[
         offset INTEGER NOT NULL,
         length INTEGER NOT NULL
     ) WITHOUT ROWID",
-    // Newest first is `at_us DESC, id DESC`; each index ends in `at_us` (and, implicitly, the
-    // rowid), so a filtered page is read in order straight off one index.
+    // Newest first is `at_us DESC, gateway DESC, seq DESC`. Each index has `at_us` after its
+    // value, so a filtered page is read in time order straight off one index; only records
+    // of the same microsecond are sorted.
     "CREATE INDEX requests_at ON requests (at_us)",
     "CREATE INDEX requests_principal ON requests (principal, at_us)",
     // Also covers the denials page's counts (by slot and rule, principal, asset): they read
@@ -80,10 +90,17 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX requests_asset ON requests (asset) WHERE asset IS NOT NULL",
     "CREATE INDEX requests_exchange ON requests (exchange)",
     "CREATE INDEX requests_request_id ON requests (request_id)",
+    // For dropping one segment's rows.
+    "CREATE INDEX requests_seg ON requests (seg)",
+    "CREATE INDEX completions_seg ON completions (seg)",
 ];
 
 /// Bytes read from a segment at a time.
 const CHUNK: usize = 4 << 20;
+/// A line longer than this is never a record the gateway wrote: it is not read further.
+const MAX_LINE: usize = 16 << 20;
+/// Bytes kept from the end of what was indexed of a segment: a record's own `hash` and more.
+const TAIL: usize = 96;
 /// Rows per INSERT statement (19 parameters each, well under SQLite's 32,766).
 const ROWS_PER_INSERT: usize = 400;
 /// A pass runs at least this often, so that a page finds at most about this much of the
@@ -97,11 +114,13 @@ pub struct Progress {
     pub trail_bytes: u64,
     /// Why the last pass failed, if it did.
     pub error: Option<String>,
+    /// The pass asked for had not finished when the wait ended.
+    pub waited_out: bool,
 }
 
 impl Progress {
     pub fn caught_up(&self) -> bool {
-        self.error.is_none() && self.indexed_bytes >= self.trail_bytes
+        self.error.is_none() && !self.waited_out && self.indexed_bytes >= self.trail_bytes
     }
 }
 
@@ -116,6 +135,16 @@ pub struct TrailIndex {
     progress: Mutex<Progress>,
     /// A read-back found a record other than the index said: rebuild at the next pass.
     stale: AtomicBool,
+    /// Segments (by id) whose end is not a whole line, and their length then: not read
+    /// again until they change.
+    unfinished: Mutex<HashMap<i64, u64>>,
+}
+
+/// What the index knows of one segment.
+struct Known {
+    id: i64,
+    indexed: u64,
+    tail: Vec<u8>,
 }
 
 /// One page of matches, newest first.
@@ -168,58 +197,6 @@ struct Completion {
     length: i64,
 }
 
-/// The fields of a trail line the index reads; everything else is skipped unparsed.
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(default)]
-    seq: i64,
-    #[serde(borrow, default)]
-    ts: Cow<'a, str>,
-    #[serde(borrow, default)]
-    gateway: Cow<'a, str>,
-    #[serde(borrow, default)]
-    phase: Cow<'a, str>,
-    #[serde(borrow, default)]
-    exchange: Cow<'a, str>,
-    #[serde(borrow)]
-    request_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    principal: Option<Named<'a>>,
-    #[serde(borrow)]
-    workspace: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    action: Option<ActionLine<'a>>,
-    asset: Option<Value>,
-    #[serde(borrow)]
-    decision: Option<DecisionLine<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Named<'a> {
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct ActionLine<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    category: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct DecisionLine<'a> {
-    #[serde(borrow)]
-    effect: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    rule: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    exception: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    would_deny: Option<Cow<'a, str>>,
-}
-
 /// Microseconds since the epoch of an RFC 3339 time.
 pub fn micros(ts: &str) -> Option<i64> {
     time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
@@ -228,6 +205,7 @@ pub fn micros(ts: &str) -> Option<i64> {
 }
 
 /// The rows of the whole lines in `bytes`, which start at `base` in their segment. Pure.
+/// Lines are read as a scan reads them (`query::run`), so the index finds what a scan finds.
 fn rows_of(bytes: &[u8], base: u64) -> (Vec<Indexed>, Vec<Completion>) {
     let mut rows = Vec::new();
     let mut completions = Vec::new();
@@ -238,72 +216,49 @@ fn rows_of(bytes: &[u8], base: u64) -> (Vec<Indexed>, Vec<Completion>) {
         let Some(line) = line.strip_suffix(b"\n") else {
             break; // not whole yet
         };
-        let decision = query::contains(line, br#""phase":"decision""#);
-        if !decision && !query::contains(line, br#""phase":"completion""#) {
-            continue;
-        }
-        let Ok(l) = serde_json::from_slice::<Line>(line) else {
-            continue;
-        };
         let offset = (base + start as u64) as i64;
         let length = line.len() as i64;
-        let owned = |c: Option<Cow<str>>| c.map(Cow::into_owned);
-        match l.phase.as_ref() {
-            "completion" => completions.push(Completion {
-                exchange: l.exchange.into_owned(),
-                offset,
-                length,
-            }),
-            "decision" => {
-                let asset = l
-                    .asset
-                    .as_ref()
-                    .and_then(|a| query::asset_name(&serde_json::json!({ "asset": a })));
-                let bucket = l
-                    .asset
-                    .as_ref()
-                    .and_then(|a| a.get("bucket"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                let (action, category) = match l.action {
-                    Some(a) => (owned(a.name), owned(a.category)),
-                    None => (None, None),
-                };
-                let d = l.decision;
-                let (effect, rule, exception, would_deny) = match d {
-                    Some(d) => (
-                        owned(d.effect),
-                        owned(d.rule),
-                        owned(d.exception),
-                        owned(d.would_deny),
-                    ),
-                    None => (None, None, None, None),
-                };
-                rows.push(Indexed {
-                    // A time that is not one sorts first, as its text does in a scan.
-                    at_us: micros(&l.ts).unwrap_or(i64::MIN),
-                    gateway: l.gateway.into_owned(),
-                    seq: l.seq,
-                    exchange: l.exchange.into_owned(),
-                    request_id: owned(l.request_id),
-                    principal: l.principal.and_then(|p| owned(p.id)),
-                    workspace: owned(l.workspace),
-                    action,
-                    category,
-                    effect,
-                    would_deny,
-                    rule,
-                    exception,
-                    bucket,
-                    asset,
+        if query::contains(line, br#""phase":"completion""#) {
+            if let Some(exchange) = query::string_member(line, br#""exchange":""#) {
+                completions.push(Completion {
+                    exchange: String::from_utf8_lossy(exchange).into_owned(),
                     offset,
                     length,
                 });
             }
-            _ => {}
+        } else if query::contains(line, br#""phase":"decision""#) {
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
+                if query::text(&v, &["phase"]) == Some("decision") {
+                    rows.push(indexed_of(&v, offset, length));
+                }
+            }
         }
     }
     (rows, completions)
+}
+
+/// A decision record's row, from its parsed form.
+fn indexed_of(v: &Value, offset: i64, length: i64) -> Indexed {
+    let text = |path: &[&str]| query::text(v, path).map(str::to_owned);
+    Indexed {
+        at_us: micros(query::text(v, &["ts"]).unwrap_or("")).unwrap_or(i64::MIN),
+        gateway: text(&["gateway"]).unwrap_or_default(),
+        seq: v.get("seq").and_then(Value::as_i64).unwrap_or(0),
+        exchange: text(&["exchange"]).unwrap_or_default(),
+        request_id: text(&["request_id"]),
+        principal: text(&["principal", "id"]),
+        workspace: text(&["workspace"]),
+        action: text(&["action", "name"]),
+        category: text(&["action", "category"]),
+        effect: text(&["decision", "effect"]),
+        would_deny: text(&["decision", "would_deny"]),
+        rule: text(&["decision", "rule"]),
+        exception: text(&["decision", "exception"]),
+        bucket: text(&["asset", "bucket"]),
+        asset: query::asset_name(v),
+        offset,
+        length,
+    }
 }
 
 /// The end of the last whole line in `bytes` (0 when there is none).
@@ -311,8 +266,9 @@ fn whole_lines(bytes: &[u8]) -> usize {
     memchr::memrchr(b'\n', bytes).map_or(0, |i| i + 1)
 }
 
-/// Reads whole lines of `path` from `from`: at least one line when one is complete, however
-/// long, and at most about `CHUNK` bytes otherwise.
+/// Reads whole lines of `path` from `from`: at least one line when one is complete (up to
+/// `MAX_LINE` long), and at most about `CHUNK` bytes otherwise. Empty when no line from
+/// `from` is whole yet.
 fn read_whole_lines(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
@@ -323,11 +279,24 @@ fn read_whole_lines(path: &Path, from: u64) -> std::io::Result<Vec<u8>> {
         (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
         let end = whole_lines(&buf);
         let at_eof = buf.len() - before < CHUNK;
-        if end > 0 || at_eof {
+        if end > 0 || at_eof || buf.len() >= MAX_LINE {
             buf.truncate(end);
             return Ok(buf);
         }
     }
+}
+
+/// Whether the bytes of `path` just before `at` are still `tail`.
+fn tail_holds(path: &Path, at: u64, tail: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Some(start) = at.checked_sub(tail.len() as u64) else {
+        return false;
+    };
+    let mut now = vec![0; tail.len()];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut now, start))
+        .is_ok()
+        && now == tail
 }
 
 fn sql_error(what: &str) -> impl Fn(sqlx::Error) -> String + '_ {
@@ -341,14 +310,26 @@ impl TrailIndex {
         dir: PathBuf,
         file: PathBuf,
     ) -> Result<(Arc<TrailIndex>, tokio::task::JoinHandle<()>), String> {
-        let pool = match open(&file).await {
-            Ok(pool) => pool,
-            Err(why) => {
-                // Derived data: whatever is wrong with it, start again from the trail.
-                tracing::warn!(file = %file.display(), why = %why, "rebuilding the trail index");
-                remove(&file)?;
-                open(&file).await?
+        let pool = match found_at(&file) {
+            Found::Foreign(what) => {
+                return Err(format!(
+                    "{}: {what}, not a Gatehouse trail index; move it away or name another file",
+                    file.display()
+                ))
             }
+            Found::Nothing => {
+                remove(&file)?;
+                create(&file).await?
+            }
+            Found::Ours => match open_ours(&file).await {
+                Ok(pool) => pool,
+                Err(why) => {
+                    // Derived data: whatever is wrong with it, start again from the trail.
+                    tracing::warn!(file = %file.display(), why = %why, "rebuilding the trail index");
+                    remove(&file)?;
+                    create(&file).await?
+                }
+            },
         };
         let (done, _) = tokio::sync::watch::channel(0);
         let index = Arc::new(TrailIndex {
@@ -359,6 +340,7 @@ impl TrailIndex {
             wake: tokio::sync::Notify::new(),
             progress: Mutex::new(Progress::default()),
             stale: AtomicBool::new(false),
+            unfinished: Mutex::new(HashMap::new()),
         });
         let keep = index.clone();
         let task = tokio::spawn(async move { keep.run().await });
@@ -388,8 +370,13 @@ impl TrailIndex {
         let mine = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
         let mut done = self.done.subscribe();
         self.wake.notify_one();
-        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d >= mine)).await;
-        self.progress()
+        let finished = tokio::time::timeout(wait, done.wait_for(|d| *d >= mine))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        Progress {
+            waited_out: !finished,
+            ..self.progress()
+        }
     }
 
     pub fn progress(&self) -> Progress {
@@ -413,8 +400,8 @@ impl TrailIndex {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        let mut known: HashMap<String, (i64, u64)> =
-            sqlx::query("SELECT id, name, indexed FROM segments")
+        let mut known: HashMap<String, Known> =
+            sqlx::query("SELECT id, name, indexed, tail FROM segments")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(sql_error("reading"))?
@@ -422,34 +409,70 @@ impl TrailIndex {
                 .map(|r| {
                     (
                         r.get::<String, _>(1),
-                        (r.get::<i64, _>(0), r.get::<i64, _>(2) as u64),
+                        Known {
+                            id: r.get(0),
+                            indexed: r.get::<i64, _>(2) as u64,
+                            tail: r.get(3),
+                        },
                     )
                 })
                 .collect();
-        let sizes: HashMap<&str, u64> =
-            on_disk.iter().map(|(s, l)| (s.name.as_str(), *l)).collect();
-        let no_longer_fits = known
-            .iter()
-            .any(|(name, (_, indexed))| sizes.get(name.as_str()).is_none_or(|len| len < indexed));
-        if no_longer_fits || self.stale.swap(false, Ordering::AcqRel) {
-            tracing::info!(dir = %self.dir.display(), "the trail changed under its index; rebuilding it");
+        if self.stale.swap(false, Ordering::AcqRel) {
+            tracing::warn!(dir = %self.dir.display(), "the trail index pointed at other records; rebuilding it");
             self.clear().await?;
             known.clear();
         }
+        let sizes: HashMap<&str, u64> =
+            on_disk.iter().map(|(s, l)| (s.name.as_str(), *l)).collect();
+        // A segment archived away, cut short or rewritten in place: its rows go, and what is
+        // there now is read afresh.
+        let mut changed = Vec::new();
+        for (name, k) in &known {
+            let holds = match sizes.get(name.as_str()) {
+                None => false,
+                Some(len) if *len < k.indexed => false,
+                Some(_) => {
+                    let (path, at, tail) = (self.dir.join(name), k.indexed, k.tail.clone());
+                    tokio::task::spawn_blocking(move || tail_holds(&path, at, &tail))
+                        .await
+                        .unwrap_or(false)
+                }
+            };
+            if !holds {
+                changed.push(name.clone());
+            }
+        }
+        for name in changed {
+            if let Some(k) = known.remove(&name) {
+                tracing::info!(segment = %name, "a trail segment changed under its index; indexing it again");
+                self.drop_segment(k.id).await?;
+            }
+        }
         let mut trail_bytes: u64 = sizes.values().sum();
-        let mut indexed_bytes: u64 = known.values().map(|(_, i)| i).sum();
+        let mut indexed_bytes: u64 = known.values().map(|k| k.indexed).sum();
         self.set_progress(indexed_bytes, trail_bytes);
         for (seg, len) in &on_disk {
             let (id, mut from) = match known.get(&seg.name) {
-                Some(k) => *k,
+                Some(k) => (k.id, k.indexed),
                 None => (self.add_segment(&seg.name).await?, 0),
             };
+            let unfinished_at = self
+                .unfinished
+                .lock()
+                .ok()
+                .and_then(|u| u.get(&id).copied());
+            if unfinished_at == Some(*len) {
+                // Nothing new since a line was found unfinished.
+                trail_bytes -= len - from;
+                continue;
+            }
             while from < *len {
                 let (path, at) = (seg.path.clone(), from);
-                let (read, rows, completions) = tokio::task::spawn_blocking(move || {
+                let (read, tail, rows, completions) = tokio::task::spawn_blocking(move || {
                     read_whole_lines(&path, at).map(|bytes| {
                         let (rows, completions) = rows_of(&bytes, at);
-                        (bytes.len() as u64, rows, completions)
+                        let tail = bytes[bytes.len().saturating_sub(TAIL)..].to_vec();
+                        (bytes.len() as u64, tail, rows, completions)
                     })
                 })
                 .await
@@ -457,11 +480,15 @@ impl TrailIndex {
                 .map_err(|e| format!("{}: {e}", seg.path.display()))?;
                 if read == 0 {
                     // Only a line still being written: not part of the trail yet.
+                    if let Ok(mut u) = self.unfinished.lock() {
+                        u.insert(id, *len);
+                    }
                     trail_bytes -= len - from;
                     self.set_progress(indexed_bytes, trail_bytes);
                     break;
                 }
-                self.store(id, from + read, &rows, &completions).await?;
+                self.store(id, from, from + read, &tail, &rows, &completions)
+                    .await?;
                 from += read;
                 indexed_bytes += read;
                 self.set_progress(indexed_bytes, trail_bytes);
@@ -470,21 +497,37 @@ impl TrailIndex {
         Ok(())
     }
 
-    /// The segment's id, added unread. Another gateway's console sharing this index may have
-    /// added it a moment ago: rows are unique by (gateway, seq), so reading it twice is
-    /// harmless.
+    /// The segment's id, added unread.
     async fn add_segment(&self, name: &str) -> Result<i64, String> {
-        let fail = sql_error("adding a segment");
-        sqlx::query("INSERT OR IGNORE INTO segments (name, indexed) VALUES (?, 0)")
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(&fail)?;
-        sqlx::query_scalar("SELECT id FROM segments WHERE name = ?")
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(&fail)
+        sqlx::query_scalar(
+            "INSERT INTO segments (name, indexed, tail) VALUES (?, 0, x'') RETURNING id",
+        )
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql_error("adding a segment"))
+    }
+
+    /// Forgets one segment and every row read from it, in one transaction.
+    async fn drop_segment(&self, id: i64) -> Result<(), String> {
+        let fail = sql_error("dropping a segment");
+        let mut tx = self.pool.begin().await.map_err(&fail)?;
+        for sql in [
+            "DELETE FROM requests WHERE seg = ?",
+            "DELETE FROM completions WHERE seg = ?",
+            "DELETE FROM segments WHERE id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(&fail)?;
+        }
+        tx.commit().await.map_err(&fail)?;
+        if let Ok(mut u) = self.unfinished.lock() {
+            u.remove(&id);
+        }
+        Ok(())
     }
 
     fn set_progress(&self, indexed_bytes: u64, trail_bytes: u64) {
@@ -502,15 +545,22 @@ impl TrailIndex {
                 .await
                 .map_err(sql_error("clearing"))?;
         }
-        tx.commit().await.map_err(sql_error("clearing"))
+        tx.commit().await.map_err(sql_error("clearing"))?;
+        if let Ok(mut u) = self.unfinished.lock() {
+            u.clear();
+        }
+        Ok(())
     }
 
-    /// The rows of one read and the segment's new indexed length, in one transaction: a
-    /// crash keeps both or neither.
+    /// The rows of one read of `seg` (bytes `from..to`) and its new indexed length and tail,
+    /// in one transaction: a crash keeps all or none. Written only if the segment is still
+    /// indexed up to `from`, as this pass found it.
     async fn store(
         &self,
         seg: i64,
-        indexed: u64,
+        from: u64,
+        to: u64,
+        tail: &[u8],
         rows: &[Indexed],
         completions: &[Completion],
     ) -> Result<(), String> {
@@ -554,12 +604,20 @@ impl TrailIndex {
             });
             q.build().execute(&mut *tx).await.map_err(&fail)?;
         }
-        sqlx::query("UPDATE segments SET indexed = max(indexed, ?) WHERE id = ?")
-            .bind(indexed as i64)
-            .bind(seg)
-            .execute(&mut *tx)
-            .await
-            .map_err(&fail)?;
+        let moved =
+            sqlx::query("UPDATE segments SET indexed = ?, tail = ? WHERE id = ? AND indexed = ?")
+                .bind(to as i64)
+                .bind(tail)
+                .bind(seg)
+                .bind(from as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(&fail)?
+                .rows_affected();
+        if moved != 1 {
+            // Dropping `tx` rolls it back; the next pass starts from what is there.
+            return Err("trail index: a segment changed in the index during this pass".into());
+        }
         tx.commit().await.map_err(&fail)
     }
 
@@ -598,7 +656,7 @@ impl TrailIndex {
         }));
         push_where(&mut select, filter)?;
         select
-            .push(" ORDER BY r.at_us DESC, r.id DESC LIMIT ")
+            .push(" ORDER BY r.at_us DESC, r.gateway DESC, r.seq DESC LIMIT ")
             .push_bind(take as i64)
             .push(" OFFSET ")
             .push_bind(skip as i64);
@@ -710,8 +768,9 @@ impl TrailIndex {
         })
     }
 
-    /// The records at `places`, read from the segments. A record that is not what the index
-    /// says (another exchange, or not a match) is left out and the index rebuilt.
+    /// The records at `places`, read from the segments. A line that is not the record the
+    /// index says (another gateway, seq, phase or exchange) is left out and the index
+    /// rebuilt; a record that does not match the filter after all is left out.
     async fn read_back(&self, places: Vec<Place>, filter: &Filter) -> Result<Vec<Hit>, String> {
         let dir = self.dir.clone();
         let filter = filter.clone();
@@ -719,33 +778,31 @@ impl TrailIndex {
             let mut stale = false;
             let mut hits = Vec::with_capacity(places.len());
             for p in places {
-                let decision = read_record(&dir, &p.decision);
-                let fits = decision.as_ref().is_some_and(|d| {
-                    query::text(d, &["exchange"]).unwrap_or("") == p.exchange && filter.matches(d)
-                });
-                let Some(decision) = decision.filter(|_| fits) else {
-                    stale = true;
-                    continue;
+                let decision = read_record(&dir, &p.decision).filter(|d| is_decision_of(d, &p));
+                let completion = match &p.completion {
+                    None => Ok(None),
+                    Some(at) => read_record(&dir, at)
+                        .filter(|c| is_completion_of(c, &p))
+                        .map(Some)
+                        .ok_or(()),
                 };
-                let completion = p.completion.as_ref().and_then(|c| read_record(&dir, c));
-                if completion
-                    .as_ref()
-                    .is_some_and(|c| query::text(c, &["exchange"]).unwrap_or("") != p.exchange)
-                {
-                    stale = true;
-                    continue;
+                match (decision, completion) {
+                    (Some(decision), Ok(completion)) => {
+                        if filter.matches(&decision) {
+                            hits.push(Hit {
+                                decision,
+                                completion,
+                            });
+                        }
+                    }
+                    _ => stale = true,
                 }
-                hits.push(Hit {
-                    decision,
-                    completion,
-                });
             }
             (hits, stale)
         })
         .await
         .map_err(|e| e.to_string())?;
         if stale {
-            tracing::warn!(dir = %self.dir.display(), "the trail index pointed at other records; rebuilding it");
             self.stale.store(true, Ordering::Release);
             self.wake.notify_one();
         }
@@ -753,11 +810,25 @@ impl TrailIndex {
     }
 }
 
+fn is_decision_of(record: &Value, p: &Place) -> bool {
+    let text = |k: &str| query::text(record, &[k]).unwrap_or("");
+    text("phase") == "decision"
+        && text("exchange") == p.exchange
+        && text("gateway") == p.gateway
+        && record.get("seq").and_then(Value::as_i64).unwrap_or(0) == p.seq
+}
+
+fn is_completion_of(record: &Value, p: &Place) -> bool {
+    query::text(record, &["phase"]) == Some("completion")
+        && query::text(record, &["exchange"]).unwrap_or("") == p.exchange
+}
+
 /// The select list and joins every search shares: where a decision and its completion are.
 /// `hint` names the index to read `requests` by, or is empty.
 fn locate(hint: &str) -> String {
     format!(
-        "SELECT r.exchange, s.name, r.offset, r.length, cs.name, c.offset, c.length
+        "SELECT r.exchange, s.name, r.offset, r.length, cs.name, c.offset, c.length,
+                r.gateway, r.seq
          FROM requests r {hint} JOIN segments s ON s.id = r.seg
          LEFT JOIN completions c ON c.exchange = r.exchange
          LEFT JOIN segments cs ON cs.id = c.seg"
@@ -784,6 +855,8 @@ type At = (String, u64, usize);
 
 struct Place {
     exchange: String,
+    gateway: String,
+    seq: i64,
     decision: At,
     completion: Option<At>,
 }
@@ -802,6 +875,8 @@ impl Place {
         };
         Place {
             exchange: r.get(0),
+            gateway: r.get(7),
+            seq: r.get(8),
             decision: (
                 r.get(1),
                 r.get::<i64, _>(2) as u64,
@@ -818,6 +893,9 @@ fn read_record(dir: &Path, at: &At) -> Option<Value> {
     let (name, offset, length) = at;
     // Only a segment file of this directory, whatever the index says.
     if name.contains('/') || segment::parse_name(name).is_none() {
+        return None;
+    }
+    if *length > MAX_LINE {
         return None;
     }
     let file = std::fs::File::open(dir.join(name)).ok()?;
@@ -856,11 +934,11 @@ fn push_where(q: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), String> {
     }
     if let Some(prefix) = &f.asset {
         // A range the asset index answers, then the exact test.
-        q.push(" AND r.asset >= ")
-            .push_bind(prefix.clone())
-            .push(" AND r.asset < ")
-            .push_bind(format!("{prefix}\u{10FFFF}"))
-            .push(" AND substr(r.asset, 1, ")
+        q.push(" AND r.asset >= ").push_bind(prefix.clone());
+        if let Some(above) = above_prefix(prefix) {
+            q.push(" AND r.asset < ").push_bind(above);
+        }
+        q.push(" AND substr(r.asset, 1, ")
             .push_bind(prefix.chars().count() as i64)
             .push(") = ")
             .push_bind(prefix.clone());
@@ -876,7 +954,60 @@ fn push_where(q: &mut QueryBuilder<Sqlite>, f: &Filter) -> Result<(), String> {
     Ok(())
 }
 
-async fn open(file: &Path) -> Result<SqlitePool, String> {
+/// The least string above every string that starts with `prefix` (SQLite compares text as
+/// UTF-8 bytes, which is code point order): the prefix with its last character raised by
+/// one. `None` when there is none (empty, or only U+10FFFF).
+fn above_prefix(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'), // past the surrogates, which are not characters
+            n => char::from_u32(n),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// What is at the index's path.
+enum Found {
+    Nothing,
+    Ours,
+    /// Something else, which is never touched: what it is.
+    Foreign(String),
+}
+
+/// Reads the SQLite header (the first 100 bytes: magic, then `application_id` at 68).
+fn found_at(file: &Path) -> Found {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(100);
+    match std::fs::File::open(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Found::Nothing,
+        Err(e) => return Found::Foreign(e.to_string()),
+        Ok(f) => {
+            if let Err(e) = f.take(100).read_to_end(&mut head) {
+                return Found::Foreign(e.to_string());
+            }
+        }
+    }
+    if head.is_empty() {
+        return Found::Nothing;
+    }
+    if head.len() < 100 || !head.starts_with(b"SQLite format 3\0") {
+        return Found::Foreign("not a SQLite database".to_owned());
+    }
+    match i32::from_be_bytes([head[68], head[69], head[70], head[71]]) {
+        APPLICATION_ID => Found::Ours,
+        other => Found::Foreign(format!(
+            "a SQLite database of another application (application_id {other})"
+        )),
+    }
+}
+
+async fn connect(file: &Path) -> Result<SqlitePool, String> {
     let options = SqliteConnectOptions::new()
         .filename(file)
         .create_if_missing(true)
@@ -884,47 +1015,64 @@ async fn open(file: &Path) -> Result<SqlitePool, String> {
         // next one redoes.
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        // The log is emptied at each checkpoint, but a file once grown stays that large
+        // without this.
+        .pragma("journal_size_limit", (64u64 << 20).to_string())
         .busy_timeout(Duration::from_secs(5));
-    let pool = SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)
         .await
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let version: Option<i64> =
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// An index of this version, or why not.
+async fn open_ours(file: &Path) -> Result<SqlitePool, String> {
+    let pool = connect(file).await?;
+    let version: Result<i64, _> =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-            .fetch_optional(&pool)
-            .await
-            .ok()
-            .flatten();
+            .fetch_one(&pool)
+            .await;
     match version {
-        Some(SCHEMA_VERSION) => return Ok(pool),
-        Some(other) => {
+        Ok(SCHEMA_VERSION) => Ok(pool),
+        Ok(other) => {
             pool.close().await;
-            return Err(format!("schema version {other}, not {SCHEMA_VERSION}"));
+            Err(format!("schema version {other}, not {SCHEMA_VERSION}"))
         }
-        None => {}
+        Err(e) => {
+            pool.close().await;
+            Err(e.to_string())
+        }
     }
-    let empty: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
-        .fetch_one(&pool)
+}
+
+/// A new, empty index.
+async fn create(file: &Path) -> Result<SqlitePool, String> {
+    let pool = connect(file).await?;
+    let fail = sql_error("creating");
+    let mut tx = pool.begin().await.map_err(&fail)?;
+    sqlx::query(&format!("PRAGMA application_id = {APPLICATION_ID}"))
+        .execute(&mut *tx)
         .await
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    if empty != 0 {
-        pool.close().await;
-        return Err("not a trail index".to_owned());
-    }
-    let mut tx = pool.begin().await.map_err(sql_error("creating"))?;
+        .map_err(&fail)?;
     for statement in SCHEMA {
         sqlx::query(statement)
             .execute(&mut *tx)
             .await
-            .map_err(sql_error("creating"))?;
+            .map_err(&fail)?;
     }
     sqlx::query("INSERT INTO meta (key, value) VALUES ('schema_version', ?)")
         .bind(SCHEMA_VERSION)
         .execute(&mut *tx)
         .await
-        .map_err(sql_error("creating"))?;
-    tx.commit().await.map_err(sql_error("creating"))?;
+        .map_err(&fail)?;
+    tx.commit().await.map_err(&fail)?;
+    // Into the main file now, so its header says whose it is even if the process dies
+    // before SQLite would have checkpointed.
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .map_err(&fail)?;
     Ok(pool)
 }
 

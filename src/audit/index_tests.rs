@@ -387,7 +387,42 @@ async fn an_index_pointing_at_other_records_shows_none_of_them_and_is_rebuilt() 
 }
 
 #[tokio::test]
-async fn an_unreadable_index_file_is_replaced() {
+async fn a_file_that_is_not_a_trail_index_is_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("console-index.sqlite");
+    std::fs::write(&file, b"the operator's notes, not a database").unwrap();
+    let refused = TrailIndex::start(dir.path().to_path_buf(), file.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.contains("not a Gatehouse trail index"), "{refused}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"the operator's notes, not a database"
+    );
+
+    // Another application's SQLite database (the exceptions store, say).
+    let other = dir.path().join("gatehouse.db");
+    let pool = connect(&other).await.unwrap();
+    sqlx::query("CREATE TABLE exceptions (id TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let refused = TrailIndex::start(dir.path().to_path_buf(), other.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.contains("another application"), "{refused}");
+    let pool = connect(&other).await.unwrap();
+    sqlx::query("SELECT count(*) FROM exceptions")
+        .execute(&pool)
+        .await
+        .expect("still there");
+}
+
+#[tokio::test]
+async fn an_index_of_another_version_or_broken_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = TrailWriter::new("gw");
     std::fs::write(
@@ -395,24 +430,107 @@ async fn an_unreadable_index_file_is_replaced() {
         lines(&mut w, 0, 5),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("console-index.sqlite"),
-        b"not a database at all",
-    )
-    .unwrap();
     let index = start(dir.path()).await;
     refreshed(&index).await;
-    same_as_a_scan(&index, dir.path(), false).await;
-
-    // And an index of another schema version.
     sqlx::query("UPDATE meta SET value = 0")
         .execute(&index.pool)
         .await
         .unwrap();
     index.pool.close().await;
+
+    let index = start(dir.path()).await;
+    let version: i64 = sqlx::query_scalar("SELECT value FROM meta")
+        .fetch_one(&index.pool)
+        .await
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION, "made again at this version");
+    refreshed(&index).await;
+    same_as_a_scan(&index, dir.path(), false).await;
+    index.pool.close().await;
+
+    // Ours by its header, but broken after it.
+    let file = dir.path().join("console-index.sqlite");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.truncate(100);
+    bytes.extend_from_slice(&[0xAB; 4000]);
+    std::fs::write(&file, bytes).unwrap();
     let index = start(dir.path()).await;
     refreshed(&index).await;
     same_as_a_scan(&index, dir.path(), false).await;
+}
+
+#[tokio::test]
+async fn a_segment_rewritten_in_place_is_indexed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(segment::segment_name("gw", 1));
+    std::fs::write(&path, lines(&mut TrailWriter::new("gw"), 0, 10)).unwrap();
+    let index = start(dir.path()).await;
+    refreshed(&index).await;
+    // The same name, other records, and no shorter: what a writer that truncated and wrote
+    // again leaves.
+    std::fs::write(&path, lines(&mut TrailWriter::new("gw"), 100, 112)).unwrap();
+    refreshed(&index).await;
+    same_as_a_scan(&index, dir.path(), false).await;
+    assert!(index.request("x0003").await.unwrap().is_none());
+    assert!(index.request("x0105").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn odd_records_are_found_as_a_scan_finds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (TrailWriter::new("gw-a"), TrailWriter::new("gw-b"));
+    let decision = |exchange: &str, path: &str, ts: &str| {
+        json!({"ts": ts, "phase": "decision", "exchange": exchange, "request_id": exchange,
+               "principal": {"id": "alice"}, "asset": {"kind": "dbfs", "path": path},
+               "decision": {"effect": "deny", "rule": "downloads.blocked"}})
+    };
+    let same_time = "2026-11-27T09:00:00.000001Z";
+    let mut one = Vec::new();
+    let mut two = Vec::new();
+    // Two gateways, the same microsecond: ordered as a scan orders them.
+    a.seal(&mut one, decision("a1", "dbfs:/tmp/x", same_time));
+    b.seal(&mut two, decision("b1", "dbfs:/tmp/y", same_time));
+    a.seal(&mut one, decision("a2", "dbfs:/tmp/z", same_time));
+    // The last character there is: still under its prefix.
+    a.seal(
+        &mut one,
+        decision("top", "dbfs:/tmp/\u{10FFFF}x", "2026-11-27T09:00:01Z"),
+    );
+    // A field of an unexpected type: the rest of the record is still searchable.
+    let mut odd = decision("odd", "dbfs:/tmp/odd", "2026-11-27T09:00:02Z");
+    odd["request_id"] = json!(42);
+    a.seal(&mut one, odd);
+    std::fs::write(dir.path().join(segment::segment_name("gw-a", 1)), one).unwrap();
+    std::fs::write(dir.path().join(segment::segment_name("gw-b", 1)), two).unwrap();
+    let index = start(dir.path()).await;
+    refreshed(&index).await;
+    for prefix in ["dbfs:/tmp/", "dbfs:/tmp/\u{10FFFF}", "dbfs:/"] {
+        let f = Filter {
+            asset: Some(prefix.into()),
+            ..Default::default()
+        };
+        let found = index.page(&f, 0, 100, 100).await.unwrap();
+        assert_eq!(
+            exchanges(&found.hits),
+            exchanges(&scan(dir.path(), &f)),
+            "{prefix}"
+        );
+    }
+    let all = index.page(&Filter::default(), 0, 100, 100).await.unwrap();
+    assert_eq!(exchanges(&all.hits), ["odd", "top", "b1", "a2", "a1"]);
+    assert_eq!(
+        exchanges(&all.hits),
+        exchanges(&scan(dir.path(), &Filter::default()))
+    );
+}
+
+#[test]
+fn the_bound_above_a_prefix_is_the_least_string_beyond_it() {
+    assert_eq!(above_prefix("s3://b/").as_deref(), Some("s3://b0"));
+    assert_eq!(above_prefix("a\u{10FFFF}").as_deref(), Some("b"));
+    assert_eq!(above_prefix("\u{D7FF}").as_deref(), Some("\u{E000}"));
+    assert_eq!(above_prefix("\u{10FFFF}"), None);
+    assert_eq!(above_prefix(""), None);
 }
 
 #[tokio::test]

@@ -209,7 +209,6 @@ mod tests {
                 v
             })
         );
-        assert_eq!(t.principals[0], ("alice".to_owned(), 2));
     }
 
     #[test]

@@ -126,9 +126,15 @@ impl Console {
         Ok((console, task))
     }
 
-    /// A `console` record in the trail: who signed in or out, why a sign-in failed, or
+    /// A `console` record for the trail: who signed in or out, why a sign-in failed, or
     /// which trail page an auditor opened (`page`: its path and query).
-    fn record(&self, event: &str, user: Option<&User>, reason: Option<&str>, page: Option<&str>) {
+    fn console_record(
+        &self,
+        event: &str,
+        user: Option<&User>,
+        reason: Option<&str>,
+        page: Option<&str>,
+    ) -> Vec<u8> {
         let mut body = serde_json::json!({
             "ts": crate::audit::timestamp(std::time::SystemTime::now()),
             "gateway": self.gateway_id,
@@ -141,11 +147,13 @@ impl Console {
         if let Some(page) = page {
             body["page"] = page.into();
         }
-        if self
-            .trail
-            .record_event(body.to_string().into_bytes())
-            .is_err()
-        {
+        body.to_string().into_bytes()
+    }
+
+    /// Sign-ins and sign-outs go into the trail without holding up the browser.
+    fn record(&self, event: &str, user: Option<&User>, reason: Option<&str>) {
+        let body = self.console_record(event, user, reason, None);
+        if self.trail.record_event(body).is_err() {
             tracing::error!(event, "the trail cannot take a console record");
         }
     }
@@ -237,12 +245,21 @@ impl Console {
         let reads_trail = roles.auditor
             && (path == "/trail" || path == "/denials" || path.starts_with("/trail/"));
         if reads_trail {
-            // Who looked at what in the trail is itself on the record.
+            // Who looked at what in the trail is itself on the record, before they see it: a
+            // page whose view cannot be recorded is not shown (as the data path fails closed).
             let page = req
                 .uri()
                 .path_and_query()
                 .map_or(path.as_str(), |p| p.as_str());
-            self.record("view", Some(&current.user), None, Some(page));
+            let body = self.console_record("view", Some(&current.user), None, Some(page));
+            if let Err(e) = self.trail.record_decision(body).await {
+                tracing::error!(error = %e, "console: the trail cannot take a view record");
+                return pages::message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The trail cannot record this view",
+                    "Reading the trail is itself recorded, and the trail is not taking records right now. Try again in a minute; if it goes on, tell the gateway's operators.",
+                );
+            }
         }
         match path.as_str() {
             "/" if roles.auditor => pages::redirect_to("/trail"),
@@ -335,7 +352,7 @@ impl Console {
         let binding = web::cookie(req.headers(), web::LOGIN_COOKIE);
         let failed = |why: &str| {
             tracing::warn!(reason = why, "console login failed");
-            self.record("login_failed", None, Some(why), None);
+            self.record("login_failed", None, Some(why));
             let mut r = pages::login_failed(why);
             r.headers_mut()
                 .append(header::SET_COOKIE, web::clear_cookie(web::LOGIN_COOKIE));
@@ -368,7 +385,7 @@ impl Console {
             Ok((identity, id_token)) => {
                 let user = User::from(identity);
                 tracing::info!(user = %user.id, "console login");
-                self.record("login", Some(&user), None, None);
+                self.record("login", Some(&user), None);
                 let id = self.sessions.create(user, id_token, Instant::now());
                 let mut r = web::redirect("/");
                 let headers = r.headers_mut();
@@ -399,7 +416,7 @@ impl Console {
         }
         self.sessions.end(cookie);
         tracing::info!(user = %current.user.id, "console logout");
-        self.record("logout", Some(&current.user), None, None);
+        self.record("logout", Some(&current.user), None);
         let provider_logout = match self.provider.metadata().await {
             Ok(meta) => meta.end_session_endpoint.clone(),
             Err(_) => None,

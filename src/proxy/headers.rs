@@ -57,32 +57,54 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Removes the review console's cookies from a request going upstream. A browser sends a
 /// host's cookies to every port of it, so a workspace reached under the console's host name
-/// would otherwise receive a console session. Other cookies pass as they came.
+/// would otherwise receive a console session. Other cookies pass byte for byte.
 pub fn strip_console_cookies(headers: &mut HeaderMap) {
+    let prefix = CONSOLE_COOKIE_PREFIX.as_bytes();
     let carries_one = headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| memchr::memmem::find(v.as_bytes(), CONSOLE_COOKIE_PREFIX.as_bytes()).is_some());
+        .any(|v| memchr::memmem::find(v.as_bytes(), prefix).is_some());
     if !carries_one {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .flat_map(|v| {
-            v.split(';')
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && !pair.starts_with(CONSOLE_COOKIE_PREFIX))
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut kept: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            if pair.is_empty() || pair.starts_with(prefix) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
     headers.remove(header::COOKIE);
-    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+    if let Ok(v) = HeaderValue::from_bytes(&kept) {
         if !kept.is_empty() {
             headers.insert(header::COOKIE, v);
         }
+    }
+}
+
+/// Removes an upstream's `Set-Cookie` for a console cookie from its answer: an upstream
+/// answering under the console's host name must not replace the console's session.
+pub fn strip_console_set_cookies(headers: &mut HeaderMap) {
+    let prefix = CONSOLE_COOKIE_PREFIX.as_bytes();
+    let is_console = |v: &HeaderValue| v.as_bytes().trim_ascii_start().starts_with(prefix);
+    if !headers.get_all(header::SET_COOKIE).iter().any(is_console) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !is_console(v))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
     }
 }
 
@@ -168,6 +190,25 @@ mod tests {
         none.insert(header::COOKIE, HeaderValue::from_static("session=abc"));
         strip_console_cookies(&mut none);
         assert_eq!(none[header::COOKIE], "session=abc");
+
+        // Bytes that are not UTF-8 in another cookie pass as they came.
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"__Host-gatehouse-login=x; pref=\xe9t\xe9").unwrap(),
+        );
+        strip_console_cookies(&mut raw);
+        assert_eq!(raw[header::COOKIE].as_bytes(), b"pref=\xe9t\xe9");
+
+        let mut answer = HeaderMap::new();
+        answer.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-gatehouse-console=evil; Path=/; Secure"),
+        );
+        answer.append(header::SET_COOKIE, HeaderValue::from_static("ws=1; Path=/"));
+        strip_console_set_cookies(&mut answer);
+        let left: Vec<_> = answer.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["ws=1; Path=/"]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::policy::{self, Decision, Effect, RuleId, Rules};
 use crate::route::{host_of, Route, RouteTable, Workspace};
 
 use body::{Completion, ContinueGate, CountingBody, GatedBody, ProxyBody, ResponseBody};
-use headers::{client_request_id, set_forwarded, strip_hop_by_hop};
+use headers::{client_request_id, set_forwarded, strip_console_set_cookies, strip_hop_by_hop};
 use respond::{refusal_response, refusal_response_in, Dialect, Refusal};
 
 /// Bodies the decision depends on are read up to this size; larger ones are refused.
@@ -1249,6 +1249,7 @@ async fn forward(
             ));
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
+            strip_console_set_cookies(&mut parts.headers);
             return Response::from_parts(
                 parts,
                 http_body_util::Empty::new()
@@ -1260,6 +1261,7 @@ async fn forward(
 
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    strip_console_set_cookies(&mut parts.headers);
     Response::from_parts(
         parts,
         ResponseBody::new(incoming, completion).boxed_unsync(),

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use super::body::{ProxyBody, ResponseBody};
-use super::headers::{set_forwarded_keep_host, strip_hop_by_hop};
+use super::headers::{set_forwarded_keep_host, strip_console_set_cookies, strip_hop_by_hop};
 use super::respond::{refusal_response_in, Dialect, Refusal};
 use super::{
     continue_gate, log_decision, open_on_continue, Exchange, ForwardBody, MAX_INSPECTED_BODY,
@@ -319,6 +319,7 @@ async fn decide_and_forward(
     completion.status = response.status().as_u16();
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    strip_console_set_cookies(&mut parts.headers);
     if !parts.status.is_client_error() && !parts.status.is_server_error() {
         return Response::from_parts(
             parts,

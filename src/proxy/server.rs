@@ -111,10 +111,13 @@ async fn start_with(
                 Some(path) => Some(crate::audit::digest::Signer::load(path)?.public_key()),
                 None => None,
             };
-            let index_file = c
-                .index_file
-                .clone()
-                .unwrap_or_else(|| config.audit.dir.join("console-index.sqlite"));
+            // One index per gateway: gateways sharing a trail directory each keep their own.
+            let index_file = c.index_file.clone().unwrap_or_else(|| {
+                config
+                    .audit
+                    .dir
+                    .join(format!("console-index.{}.sqlite", config.server.gateway_id))
+            });
             let (index, indexing) =
                 crate::audit::index::TrailIndex::start(config.audit.dir.clone(), index_file)
                     .await
