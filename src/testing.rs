@@ -307,19 +307,28 @@ pub fn synthetic_trail(
         .map_err(|e| e.to_string())?;
     let (sink, handle) = AuditSink::open(&config, "gw-synth").map_err(|e| e.to_string())?;
     let start = SystemTime::now() - Duration::from_secs(records / 2);
+    // Ids as a gateway makes them: a random prefix per process, then a counter.
+    let prefix = format!(
+        "{:016x}",
+        start
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+    );
     rt.block_on(async {
         for n in 0..records / 2 {
             let ts = timestamp(start + Duration::from_secs(n));
+            let id = format!("{prefix}-{n:08x}");
             let principal = format!("user{}@bank.example", n % 200);
             let workspace = ["prod-analytics", "prod-parallel", "lab"][(n % 3) as usize];
             let (action, category, effect) = SYNTHETIC_ACTIONS[(n % 5) as usize];
             let asset = format!("dbfs:/mnt/data/table{}/part-{}.parquet", n % 50, n % 100);
             let decision = format!(
-                r#"{{"ts":"{ts}","gateway":"gw-synth","request_id":"r-{n}","exchange":"x-{n}","phase":"decision","client":{{"addr":"10.1.2.3:51234","cert_subject":null}},"principal":{{"id":"{principal}","type":"user","groups":["data-scientists"],"auth":"jwt"}},"workspace":"{workspace}","request":{{"method":"GET","host":"analytics.dbx.example","path":"/api/2.0/x","query":""}},"action":{{"name":"{action}","category":"{category}"}},"asset":{{"kind":"dbfs","path":"{asset}"}},"decision":{{"effect":"{effect}","rule":"synthetic","reason":"synthetic","exception":null}}}}"#
+                r#"{{"ts":"{ts}","gateway":"gw-synth","request_id":"{id}","exchange":"{id}","phase":"decision","client":{{"addr":"10.1.2.3:51234","cert_subject":null}},"principal":{{"id":"{principal}","type":"user","groups":["data-scientists"],"auth":"jwt"}},"workspace":"{workspace}","request":{{"method":"GET","host":"analytics.dbx.example","path":"/api/2.0/x","query":""}},"action":{{"name":"{action}","category":"{category}"}},"asset":{{"kind":"dbfs","path":"{asset}"}},"decision":{{"effect":"{effect}","rule":"synthetic","reason":"synthetic","exception":null}}}}"#
             );
             let status = if effect == "deny" { 403 } else { 200 };
             let completion = format!(
-                r#"{{"ts":"{ts}","gateway":"gw-synth","request_id":"r-{n}","exchange":"x-{n}","phase":"completion","status":{status},"bytes_in":0,"bytes_out":{},"duration_us":900,"upstream_us":700,"error":null}}"#,
+                r#"{{"ts":"{ts}","gateway":"gw-synth","request_id":"{id}","exchange":"{id}","phase":"completion","status":{status},"bytes_in":0,"bytes_out":{},"duration_us":900,"upstream_us":700,"error":null}}"#,
                 n % 4096
             );
             // A full queue only means the writer is behind: wait for it, lose nothing.

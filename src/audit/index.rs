@@ -660,20 +660,24 @@ impl TrailIndex {
             .push_bind(take as i64)
             .push(" OFFSET ")
             .push_bind(skip as i64);
-        let places = select
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sql_error("searching"))?
-            .iter()
-            .map(Place::of)
-            .collect();
+        let places = self.places(select).await?;
         let hits = self.read_back(places, filter).await?;
         Ok(Page {
             hits,
             total: (counted as usize).min(count_cap),
             more: counted as usize > count_cap,
         })
+    }
+
+    async fn places(&self, mut select: QueryBuilder<'_, Sqlite>) -> Result<Vec<Place>, String> {
+        Ok(select
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error("searching"))?
+            .iter()
+            .map(Place::of)
+            .collect())
     }
 
     /// The request with this exchange id, joined with its completion.
@@ -683,14 +687,7 @@ impl TrailIndex {
             .push(" WHERE r.exchange = ")
             .push_bind(exchange.to_owned())
             .push(" ORDER BY r.id LIMIT 1");
-        let places = select
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sql_error("searching"))?
-            .iter()
-            .map(Place::of)
-            .collect();
+        let places = self.places(select).await?;
         let filter = Filter::default();
         Ok(self.read_back(places, &filter).await?.into_iter().next())
     }

@@ -223,6 +223,12 @@ async fn same_as_a_scan(index: &TrailIndex, dir: &Path, every_filter_finds: bool
     }
 }
 
+/// One gateway's trail of requests `0..requests` in one segment.
+fn one_segment(dir: &Path, requests: u32) {
+    let text = lines(&mut TrailWriter::new("gw"), 0, requests);
+    std::fs::write(dir.join(segment::segment_name("gw", 1)), text).unwrap();
+}
+
 async fn start(dir: &Path) -> Arc<TrailIndex> {
     TrailIndex::start(dir.to_path_buf(), dir.join("console-index.sqlite"))
         .await
@@ -359,12 +365,7 @@ async fn a_trail_that_changed_under_the_index_is_indexed_again() {
 #[tokio::test]
 async fn an_index_pointing_at_other_records_shows_none_of_them_and_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = TrailWriter::new("gw");
-    std::fs::write(
-        dir.path().join(segment::segment_name("gw", 1)),
-        lines(&mut w, 0, 20),
-    )
-    .unwrap();
+    one_segment(dir.path(), 20);
     let index = start(dir.path()).await;
     refreshed(&index).await;
     // Request 5's row now points at request 6's line.
@@ -424,12 +425,7 @@ async fn a_file_that_is_not_a_trail_index_is_never_touched() {
 #[tokio::test]
 async fn an_index_of_another_version_or_broken_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = TrailWriter::new("gw");
-    std::fs::write(
-        dir.path().join(segment::segment_name("gw", 1)),
-        lines(&mut w, 0, 5),
-    )
-    .unwrap();
+    one_segment(dir.path(), 5);
     let index = start(dir.path()).await;
     refreshed(&index).await;
     sqlx::query("UPDATE meta SET value = 0")
@@ -536,12 +532,7 @@ fn the_bound_above_a_prefix_is_the_least_string_beyond_it() {
 #[tokio::test]
 async fn denials_are_counted_by_slot_rule_principal_and_asset() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = TrailWriter::new("gw");
-    std::fs::write(
-        dir.path().join(segment::segment_name("gw", 1)),
-        lines(&mut w, 0, 100),
-    )
-    .unwrap();
+    one_segment(dir.path(), 100);
     let index = start(dir.path()).await;
     refreshed(&index).await;
     let start_unix = micros("2026-11-27T08:00:00Z").unwrap() / 1_000_000;
