@@ -645,10 +645,20 @@ impl TrailIndex {
             .get(0);
         // An asset prefix is a range on its own index, whose matches SQLite then sorts by
         // time: quick for a few thousand, seconds for every request in the trail (measured:
-        // 2.7 s for 500,000). When there are more matches than the pages show, they are
-        // dense, and walking the time index newest first finds a page at once.
-        let by_time =
-            filter.asset.is_some() && counted as usize > count_cap && !has_indexed_equality(filter);
+        // 2.7 s for 500,000). Walking the time index newest first instead reads about
+        // (skip + take) × rows / matches rows to fill the page: far fewer when matches are
+        // dense and the page near the top.
+        let by_time = filter.asset.is_some()
+            && !has_indexed_equality(filter)
+            && counted > 0
+            && (counted as usize > count_cap || {
+                let rows: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM requests")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(sql_error("counting"))?;
+                let walk = (skip + take) as f64 * rows as f64 / counted as f64;
+                walk < 4.0 * counted as f64
+            });
         let mut select = QueryBuilder::<Sqlite>::new(locate(if by_time {
             "INDEXED BY requests_at"
         } else {

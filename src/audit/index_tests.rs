@@ -277,6 +277,9 @@ async fn the_index_finds_exactly_what_a_scan_finds() {
         let page = index.page(&f, 2, 10, 5).await.unwrap();
         assert!(page.more, "{asset}");
         assert_eq!(exchanges(&page.hits), exchanges(&scanned[2..12]), "{asset}");
+        // Fewer than the cap, but a first page of dense matches: the time index too.
+        let page = index.page(&f, 0, 2, 10_000).await.unwrap();
+        assert_eq!(exchanges(&page.hits), exchanges(&scanned[..2]), "{asset}");
     }
 
     // Paging and the capped count.
