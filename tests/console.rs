@@ -480,7 +480,60 @@ async fn an_auditor_signs_in_finds_a_denied_download_and_opens_it() {
     .unwrap();
     assert_eq!(console.text("#title").await, "Not allowed");
     assert_eq!(exception_status(&console.h, &id).await, "pending");
+    // The same post as a browser of the console would send it, status and all: 403.
+    let session = console
+        .browser
+        .get_named_cookie("__Host-gatehouse-console")
+        .await
+        .unwrap();
+    c.goto(&console.url("/trail")).await.unwrap();
+    let csrf = c
+        .find(Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, page) = post_raw(
+        &console,
+        &format!("/exceptions/{id}/decide"),
+        &format!("__Host-gatehouse-console={}", session.value()),
+        &format!("decision=approve&comment=looks+fine&csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        page.contains("Your role does not include"),
+        "refused for the role, not as a cross-site post: {page}"
+    );
+    assert_eq!(exception_status(&console.h, &id).await, "pending");
     console.close().await;
+}
+
+/// A form post to the console from its own origin, as a browser sends one: the status and
+/// the page.
+async fn post_raw(console: &Console, path: &str, cookie: &str, form: &str) -> (StatusCode, String) {
+    use http_body_util::BodyExt;
+    let h = &console.h;
+    let client = gatehouse::testing::local_client(&h.fixture.ca_cert, false).unwrap();
+    let resp = client
+        .request(
+            http::Request::post(console.url(path))
+                .header("cookie", cookie)
+                .header("origin", &console.base)
+                .header("sec-fetch-site", "same-origin")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    form.to_owned(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test]
