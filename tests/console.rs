@@ -171,6 +171,11 @@ struct Console {
 
 impl Console {
     async fn start() -> Console {
+        Console::start_with(|_| {}).await
+    }
+
+    /// `prepare` sees the trail directory before the gateway starts.
+    async fn start_with(prepare: impl FnOnce(&std::path::Path)) -> Console {
         let admin_port = free_port();
         let base = format!("https://localhost:{admin_port}");
         let redirect = format!("{base}/auth/callback");
@@ -197,13 +202,16 @@ auditor_groups = ["sec-auditors"]
         );
         // The stand-in's address is known once it runs: start plain, then again with S3
         // (raw buckets, access keys) forwarding to it, over TLS, and the console.
-        let h = s3_harness_from(|standin| {
-            let mut options = s3_options(standin, &extra);
-            options.tls = true;
-            options.admin_listen = format!("127.0.0.1:{admin_port}");
-            options.extra_issuers = vec![issuer.clone()];
-            options
-        })
+        let h = s3_harness_from(
+            |standin| {
+                let mut options = s3_options(standin, &extra);
+                options.tls = true;
+                options.admin_listen = format!("127.0.0.1:{admin_port}");
+                options.extra_issuers = vec![issuer.clone()];
+                options
+            },
+            prepare,
+        )
         .await;
         let (driver, driver_url) = chromedriver();
         let browser = browser(&driver_url).await;
@@ -534,6 +542,57 @@ async fn post_raw(console: &Console, path: &str, cookie: &str, form: &str) -> (S
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Reading the trail is itself recorded before the page is shown: while the trail takes no
+/// records, an auditor's search is refused, and it works again once the trail does.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_trail_page_whose_view_cannot_be_recorded_is_not_shown() {
+    if browser_tools().is_none() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let first_segment = |audit_dir: &std::path::Path| {
+        audit_dir.join(gatehouse::audit::segment::segment_name("gw-test", 1))
+    };
+    // The trail's first segment lives on a full disk: every write fails with ENOSPC.
+    let console = Console::start_with(|audit_dir| {
+        std::fs::create_dir_all(audit_dir).unwrap();
+        std::os::unix::fs::symlink("/dev/full", first_segment(audit_dir)).unwrap();
+    })
+    .await;
+    console.sign_in("auditor1").await;
+    let c = &console.browser;
+    c.goto(&console.url("/trail?principal=alice%40bank.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        console.text("#title").await,
+        "The trail cannot record this view"
+    );
+    assert!(c.find(Locator::Css("#results")).await.is_err());
+
+    // Space comes back: the view is recorded, then shown.
+    std::fs::remove_file(first_segment(&console.h.fixture.audit_dir)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        c.goto(&console.url("/trail?principal=alice%40bank.example"))
+            .await
+            .unwrap();
+        if c.find(Locator::Css("#results")).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the trail never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    in_trail(&console.h, |r| {
+        r["event"] == "view"
+            && r["page"] == "/trail?principal=alice%40bank.example"
+            && r["user"] == "auditor1"
+    })
+    .await;
+    console.close().await;
 }
 
 #[tokio::test]

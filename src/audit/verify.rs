@@ -214,8 +214,7 @@ fn verify_gateway(
     let mut chain = Verifier::default();
     for (index, seg) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
-        let bytes =
-            std::fs::read(&seg.path).map_err(|e| broken(&seg.path, None, None, e.to_string()))?;
+        let bytes = read_regular(&seg.path)?;
         let records_before = chain.records;
         let torn = verify_records(&seg.path, &bytes, is_last, &mut chain)?;
         report.torn_tail |= torn;
@@ -257,6 +256,21 @@ fn verify_gateway(
     report.records = chain.records;
     report.last_seq = chain.last().map(|l| l.seq);
     Ok(report)
+}
+
+/// A segment's bytes. Only a regular file is read: a device or pipe in a segment's place
+/// (`/dev/zero` never ends) is named, not read.
+fn read_regular(path: &Path) -> Result<Vec<u8>, Broken> {
+    let fail = |e: std::io::Error| broken(path, None, None, e.to_string());
+    if !std::fs::metadata(path).map_err(fail)?.is_file() {
+        return Err(broken(
+            path,
+            None,
+            None,
+            "not a regular file (a device, pipe or directory in a segment's place)",
+        ));
+    }
+    std::fs::read(path).map_err(fail)
 }
 
 /// Checks each line against the one before; returns whether a torn tail was tolerated.

@@ -124,6 +124,17 @@ async fn an_untouched_trail_verifies_with_every_signature_checked() {
     assert!(!r.torn_tail);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn a_device_in_a_segments_place_is_named_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = crate::audit::segment::segment_name("gw", 1);
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join(&name)).unwrap();
+    let broken = verify_dir(dir.path(), None).expect_err("refused");
+    assert!(broken.what.contains("not a regular file"), "{broken}");
+    assert!(broken.path.ends_with(&name));
+}
+
 #[tokio::test]
 async fn an_edited_field_is_named_by_line_and_seq() {
     let t = trail().await;

@@ -60,12 +60,16 @@ pub async fn s3_harness() -> Harness {
 
 /// The S3 harness with more configuration appended (`[exceptions]`, …).
 pub async fn s3_harness_with(extra: &str) -> Harness {
-    s3_harness_from(|standin| s3_options(standin, extra)).await
+    s3_harness_from(|standin| s3_options(standin, extra), |_| {}).await
 }
 
 /// A harness whose configuration needs the stand-in's address (only known once it runs):
-/// start, then start again on the configuration `options` builds from that address.
-pub async fn s3_harness_from(options: impl FnOnce(&str) -> FixtureOptions) -> Harness {
+/// start, then start again on the configuration `options` builds from that address, after
+/// `prepare` has seen the trail directory.
+pub async fn s3_harness_from(
+    options: impl FnOnce(&str) -> FixtureOptions,
+    prepare: impl FnOnce(&std::path::Path),
+) -> Harness {
     let mut h = Harness::with(
         FixtureOptions {
             tls: false,
@@ -81,6 +85,7 @@ pub async fn s3_harness_from(options: impl FnOnce(&str) -> FixtureOptions) -> Ha
     h.fixture =
         gatehouse::testing::Fixture::create(&dir, &h.standin.url(), &options(&h.standin.url()))
             .unwrap();
+    prepare(&h.fixture.audit_dir);
     let running = gatehouse::proxy::server::start(&h.fixture.config)
         .await
         .unwrap();
