@@ -236,6 +236,15 @@ async fn start(dir: &Path) -> Arc<TrailIndex> {
         .0
 }
 
+/// How many requests the index finds.
+async fn requests(index: &TrailIndex) -> usize {
+    index
+        .page(&Filter::default(), 0, 100, 100)
+        .await
+        .unwrap()
+        .total
+}
+
 async fn refreshed(index: &TrailIndex) {
     let p = index.refresh(Duration::from_secs(30)).await;
     assert!(p.caught_up(), "{p:?}");
@@ -304,14 +313,7 @@ async fn appended_records_are_indexed_and_half_written_lines_wait() {
     std::fs::write(&path, &text).unwrap();
     let index = start(dir.path()).await;
     refreshed(&index).await;
-    assert_eq!(
-        index
-            .page(&Filter::default(), 0, 100, 100)
-            .await
-            .unwrap()
-            .total,
-        10
-    );
+    assert_eq!(requests(&index).await, 10);
 
     // The writer is half way through request 10's decision line.
     let more = lines(&mut w, 10, 12);
@@ -321,27 +323,13 @@ async fn appended_records_are_indexed_and_half_written_lines_wait() {
     refreshed(&index).await;
     // Caught up with every whole line, and no further.
     assert_eq!(index.progress().indexed_bytes, (text.len() - cut) as u64);
-    assert_eq!(
-        index
-            .page(&Filter::default(), 0, 100, 100)
-            .await
-            .unwrap()
-            .total,
-        10
-    );
+    assert_eq!(requests(&index).await, 10);
 
     text.extend_from_slice(&more[cut..]);
     std::fs::write(&path, &text).unwrap();
     refreshed(&index).await;
     same_as_a_scan(&index, dir.path(), false).await;
-    assert_eq!(
-        index
-            .page(&Filter::default(), 0, 100, 100)
-            .await
-            .unwrap()
-            .total,
-        12
-    );
+    assert_eq!(requests(&index).await, 12);
 }
 
 #[tokio::test]
