@@ -452,7 +452,7 @@ pub async fn run(example: &Path, dir: &Path, console: Option<u16>) -> Result<(),
         );
         println!(
             "  Sign in at the demo's identity provider ({}) with any password as:",
-            p.issuer
+            p.provider.issuer
         );
         println!(
             "    auditor1   the security team: the trail, the blocked requests above, denials"
@@ -467,61 +467,25 @@ pub async fn run(example: &Path, dir: &Path, console: Option<u16>) -> Result<(),
 
 /// The tests' loopback OpenID Provider, for the console demo; stopped when dropped.
 pub struct DemoProvider {
-    child: std::process::Child,
+    provider: crate::testing::LoopbackProvider,
     port: u16,
-    issuer: String,
     secret_file: std::path::PathBuf,
-}
-
-impl Drop for DemoProvider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl DemoProvider {
     fn start(dir: &Path, port: u16) -> Result<DemoProvider, String> {
-        use std::io::BufRead;
-        let script = Path::new("tests/oidc/provider.mjs");
-        if !Path::new("tests/oidc/node_modules/oidc-provider").exists() {
-            return Err("the console demo uses the tests' OpenID Provider: run `npm ci --prefix tests/oidc` (Node.js) from the repository's root first".to_owned());
-        }
         let secret = crate::console::oidc::random_token();
         let secret_file = dir.join("console-client-secret");
         write_file(&secret_file, secret.as_bytes(), true)?;
-        let mut child = std::process::Command::new("node")
-            .arg(script)
-            .arg("0")
-            .env("OIDC_CLIENT_ID", "gatehouse-console")
-            .env("OIDC_CLIENT_SECRET", &secret)
-            .env(
-                "OIDC_REDIRECT_URIS",
-                format!("https://localhost:{port}/auth/callback"),
-            )
-            .env("OIDC_EXIT_WITH_STDIN", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start node for the demo's identity provider: {e}"))?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-        }
-        let issuer = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["issuer"].as_str().map(str::to_owned));
-        let Some(issuer) = issuer else {
-            let _ = child.kill();
-            return Err(
-                "the demo's identity provider did not start (tests/oidc/provider.mjs)".to_owned(),
-            );
-        };
+        let provider = crate::testing::LoopbackProvider::start(
+            Path::new("."),
+            &secret,
+            &format!("https://localhost:{port}/auth/callback"),
+            std::process::Stdio::null(),
+        )?;
         Ok(DemoProvider {
-            child,
+            provider,
             port,
-            issuer,
             secret_file,
         })
     }
@@ -589,10 +553,10 @@ fn demo_config(
             .and_then(|i| i.get_mut("issuers"))
             .and_then(|i| i.as_array_mut())
         {
-            issuers.push(s(p.issuer.clone()));
+            issuers.push(s(p.provider.issuer.clone()));
         }
         let mut c = toml::Table::new();
-        c.insert("oidc_issuer".into(), s(p.issuer.clone()));
+        c.insert("oidc_issuer".into(), s(p.provider.issuer.clone()));
         c.insert("client_id".into(), s("gatehouse-console".into()));
         c.insert(
             "client_secret_file".into(),

@@ -344,3 +344,67 @@ pub fn synthetic_trail(
     handle.join();
     Ok(())
 }
+
+/// The loopback OpenID Provider of the tests and the console demo (`tests/oidc/provider.mjs`:
+/// panva's oidc-provider, installed by `npm ci --prefix tests/oidc`), with one confidential
+/// client, `gatehouse-console`, whose only redirect URI is `redirect`. Stopped when dropped.
+pub struct LoopbackProvider {
+    child: std::process::Child,
+    /// The issuer it names itself by, as its discovery document and ID tokens say.
+    pub issuer: String,
+}
+
+impl Drop for LoopbackProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LoopbackProvider {
+    /// Starts it from the repository at `repo` on a free loopback port; its own log goes to
+    /// `log`.
+    pub fn start(
+        repo: &Path,
+        client_secret: &str,
+        redirect: &str,
+        log: std::process::Stdio,
+    ) -> Result<LoopbackProvider, String> {
+        use std::io::BufRead;
+        if !repo.join("tests/oidc/node_modules/oidc-provider").exists() {
+            return Err("the loopback OpenID Provider is not installed: run `npm ci --prefix tests/oidc` (Node.js) from the repository's root first".to_owned());
+        }
+        let mut child = std::process::Command::new("node")
+            .arg(repo.join("tests/oidc/provider.mjs"))
+            .arg("0")
+            .env("OIDC_CLIENT_ID", "gatehouse-console")
+            .env("OIDC_CLIENT_SECRET", client_secret)
+            .env("OIDC_REDIRECT_URIS", redirect)
+            .env("OIDC_EXIT_WITH_STDIN", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start node for the OpenID Provider: {e}"))?;
+        // Its first line says it is ready, and where.
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let issuer = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["issuer"].as_str().map(str::to_owned));
+        let mut provider = LoopbackProvider {
+            child,
+            issuer: String::new(),
+        };
+        match issuer {
+            Some(issuer) => {
+                provider.issuer = issuer;
+                Ok(provider)
+            }
+            // Dropping `provider` stops the process.
+            None => Err("the OpenID Provider did not start (tests/oidc/provider.mjs)".to_owned()),
+        }
+    }
+}

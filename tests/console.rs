@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use common::s3::{s3_harness_from, s3_options, LAB_KEY};
 use common::Harness;
 use fantoccini::{Client, ClientBuilder, Locator};
+use gatehouse::testing::LoopbackProvider;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -136,35 +137,13 @@ fn chromedriver() -> (Driver, String) {
     (process, url)
 }
 
-/// The OpenID Provider, with `redirect` as its client's only redirect URI. Returns its issuer.
-fn provider(redirect: &str) -> (Process, String) {
-    let mut child = Command::new("node")
-        .arg(repo().join("tests/oidc/provider.mjs"))
-        .arg("0")
-        .env("OIDC_CLIENT_ID", "gatehouse-console")
-        .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-        .env("OIDC_REDIRECT_URIS", redirect)
-        .env("OIDC_EXIT_WITH_STDIN", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts the provider");
-    let stdout = child.stdout.take().unwrap();
-    let process = Process(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let ready: Value = serde_json::from_str(&line).expect("the provider prints its ready line");
-    (process, ready["issuer"].as_str().unwrap().to_owned())
-}
-
 /// The gateway with the console, the provider, and a browser.
 struct Console {
     h: Harness,
     /// `https://localhost:PORT`: where the console is.
     base: String,
     browser: Client,
-    _provider: Process,
+    _provider: LoopbackProvider,
     _driver: Driver,
     _secrets: tempfile::TempDir,
 }
@@ -179,7 +158,9 @@ impl Console {
         let admin_port = free_port();
         let base = format!("https://localhost:{admin_port}");
         let redirect = format!("{base}/auth/callback");
-        let (op, issuer) = provider(&redirect);
+        let op = LoopbackProvider::start(&repo(), CLIENT_SECRET, &redirect, Stdio::inherit())
+            .expect("the OpenID Provider starts");
+        let issuer = op.issuer.clone();
         let secrets = tempfile::tempdir().unwrap();
         let secret_file = secrets.path().join("client-secret");
         std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
