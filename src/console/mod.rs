@@ -242,32 +242,20 @@ impl Console {
         }
         let path = req.uri().path().to_owned();
         let query = web::parse_form(req.uri().query().unwrap_or(""));
-        let reads_trail = roles.auditor
-            && (path == "/trail" || path == "/denials" || path.starts_with("/trail/"));
-        if reads_trail {
-            // Who looked at what in the trail is itself on the record, before they see it: a
-            // page whose view cannot be recorded is not shown (as the data path fails closed).
-            let page = req
-                .uri()
-                .path_and_query()
-                .map_or(path.as_str(), |p| p.as_str());
-            let body = self.console_record("view", Some(&current.user), None, Some(page));
-            if let Err(e) = self.trail.record_decision(body).await {
-                tracing::error!(error = %e, "console: the trail cannot take a view record");
-                return pages::message(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The trail cannot record this view",
-                    "Reading the trail is itself recorded, and the trail is not taking records right now. Try again in a minute; if it goes on, tell the gateway's operators.",
-                );
-            }
-        }
         match path.as_str() {
             "/" if roles.auditor => pages::redirect_to("/trail"),
             "/" => pages::redirect_to("/exceptions"),
-            "/trail" if roles.auditor => pages::trail(viewer, &self.index, &query).await,
-            "/denials" if roles.auditor => pages::denials(viewer, &self.index, &query).await,
+            "/trail" if roles.auditor => {
+                let page = pages::trail(viewer, &self.index, &query);
+                self.viewed(&current.user, req.uri(), page).await
+            }
+            "/denials" if roles.auditor => {
+                let page = pages::denials(viewer, &self.index, &query);
+                self.viewed(&current.user, req.uri(), page).await
+            }
             p if p.starts_with("/trail/") && roles.auditor => {
-                pages::request(viewer, &self.index, &p["/trail/".len()..]).await
+                let page = pages::request(viewer, &self.index, &p["/trail/".len()..]);
+                self.viewed(&current.user, req.uri(), page).await
             }
             "/exceptions" if roles.approver => match exceptions {
                 Some(service) => pages::exceptions(&viewer, service, None, &query).await,
@@ -279,6 +267,28 @@ impl Console {
             },
             _ => pages::forbidden(&viewer),
         }
+    }
+
+    /// A page of the trail, shown only once its view is on the record: who looked at what in
+    /// the trail is itself recorded, and a view that cannot be recorded is not shown (as the
+    /// data path fails closed).
+    async fn viewed(
+        &self,
+        user: &User,
+        uri: &http::Uri,
+        page: impl std::future::Future<Output = Response<Full<Bytes>>>,
+    ) -> Response<Full<Bytes>> {
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let body = self.console_record("view", Some(user), None, Some(path));
+        if let Err(e) = self.trail.record_decision(body).await {
+            tracing::error!(error = %e, "console: the trail cannot take a view record");
+            return pages::message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The trail cannot record this view",
+                "Reading the trail is itself recorded, and the trail is not taking records right now. Try again in a minute; if it goes on, tell the gateway's operators.",
+            );
+        }
+        page.await
     }
 
     /// State-changing forms: only from a console page of this session (see `web`).

@@ -357,7 +357,7 @@ pub async fn trail(
 ) -> Response<Full<Bytes>> {
     fresh(index, &mut viewer).await;
     let form = SearchForm::from_query(query);
-    // Deep pages hold every newer match while the trail is read: beyond this, refine.
+    // Pages reach as deep as the index counts matches: beyond that, refine the search.
     let page = field(query, "page")
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(1)
