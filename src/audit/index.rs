@@ -4,8 +4,8 @@
 //! It is derived data and never the evidence:
 //! - it is built from the segments and kept up to date incrementally (each pass reads only
 //!   the bytes appended since the last, and only whole lines);
-//! - it is rebuilt from nothing whenever it no longer fits them (a segment shrank or
-//!   vanished, the file is unreadable, its schema is another version);
+//! - a segment that vanished, shrank or was rewritten loses its rows and is read again; an
+//!   index file that is broken or of another schema version is made anew;
 //! - a search returns where the matching records are, and they are read back from the
 //!   segments and matched again, so a page only ever shows what the trail itself says.
 //!
@@ -129,8 +129,9 @@ pub struct TrailIndex {
     pool: SqlitePool,
     /// Passes asked for; a search asks for one and waits for it.
     asked: AtomicU64,
-    /// The number of the last pass asked for that has finished.
-    done: tokio::sync::watch::Sender<u64>,
+    /// The number of the last pass asked for that has finished, and where it left the
+    /// index (the live `progress` may already be a later pass's, half way).
+    done: tokio::sync::watch::Sender<(u64, Progress)>,
     wake: tokio::sync::Notify,
     progress: Mutex<Progress>,
     /// A read-back found a record other than the index said: rebuild at the next pass.
@@ -331,7 +332,7 @@ impl TrailIndex {
                 }
             },
         };
-        let (done, _) = tokio::sync::watch::channel(0);
+        let (done, _) = tokio::sync::watch::channel((0, Progress::default()));
         let index = Arc::new(TrailIndex {
             dir,
             pool,
@@ -354,10 +355,14 @@ impl TrailIndex {
             if let Err(e) = &result {
                 tracing::error!(error = %e, "the trail index could not read the trail");
             }
-            if let Ok(mut p) = self.progress.lock() {
-                p.error = result.err();
-            }
-            self.done.send_replace(serving);
+            let finished = match self.progress.lock() {
+                Ok(mut p) => {
+                    p.error = result.err();
+                    p.clone()
+                }
+                Err(_) => Progress::default(),
+            };
+            self.done.send_replace((serving, finished));
             if self.asked.load(Ordering::Acquire) == serving {
                 let _ = tokio::time::timeout(QUIET_PASS, self.wake.notified()).await;
             }
@@ -370,13 +375,14 @@ impl TrailIndex {
         let mine = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
         let mut done = self.done.subscribe();
         self.wake.notify_one();
-        let finished = tokio::time::timeout(wait, done.wait_for(|d| *d >= mine))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        Progress {
-            waited_out: !finished,
+        let finished = match tokio::time::timeout(wait, done.wait_for(|d| d.0 >= mine)).await {
+            Ok(Ok(finished)) => Some(finished.1.clone()),
+            _ => None,
+        };
+        finished.unwrap_or_else(|| Progress {
+            waited_out: true,
             ..self.progress()
-        }
+        })
     }
 
     pub fn progress(&self) -> Progress {
@@ -494,6 +500,7 @@ impl TrailIndex {
                 self.set_progress(indexed_bytes, trail_bytes);
             }
         }
+        self.set_progress(indexed_bytes, trail_bytes);
         Ok(())
     }
 
@@ -736,36 +743,19 @@ impl TrailIndex {
             )
         })
         .collect::<Vec<_>>();
-        let most = |column: &'static str| {
-            let sql = format!(
-                "SELECT coalesce({column}, ''), count(*) AS n FROM requests
-                 WHERE effect = 'deny' AND at_us >= ?1 AND at_us < ?2 {}
-                 GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?3",
-                if column == "asset" {
-                    "AND asset IS NOT NULL AND asset <> ''"
-                } else {
-                    ""
-                }
-            );
-            let pool = self.pool.clone();
-            let fail = &fail;
-            async move {
-                sqlx::query(&sql)
-                    .bind(from_us)
-                    .bind(to_us)
-                    .bind(top as i64)
-                    .fetch_all(&pool)
-                    .await
-                    .map_err(fail)
-                    .map(|rows| {
-                        rows.into_iter()
-                            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32))
-                            .collect::<Vec<_>>()
-                    })
-            }
-        };
-        let principals = most("principal").await?;
-        let assets = most("asset").await?;
+        // Every denial names a principal (empty when anonymous); not every one an asset.
+        let principals = self
+            .most_denied("coalesce(principal, '')", "", from_us, to_us, top)
+            .await?;
+        let assets = self
+            .most_denied(
+                "asset",
+                "AND asset IS NOT NULL AND asset <> ''",
+                from_us,
+                to_us,
+                top,
+            )
+            .await?;
         let total = by_slot_and_rule.iter().map(|(_, _, n)| n).sum();
         Ok(DenialCounts {
             by_slot_and_rule,
@@ -773,6 +763,33 @@ impl TrailIndex {
             assets,
             total,
         })
+    }
+
+    /// The `top` values of `column` among denials in `[from_us, to_us)`, most denied first,
+    /// with their counts; `also` narrows the denials further (an SQL condition).
+    async fn most_denied(
+        &self,
+        column: &'static str,
+        also: &'static str,
+        from_us: i64,
+        to_us: i64,
+        top: usize,
+    ) -> Result<Vec<(String, u32)>, String> {
+        let sql = format!(
+            "SELECT {column}, count(*) AS n FROM requests
+             WHERE effect = 'deny' AND at_us >= ?1 AND at_us < ?2 {also}
+             GROUP BY 1 ORDER BY n DESC, 1 LIMIT ?3"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(from_us)
+            .bind(to_us)
+            .bind(top as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error("counting denials"))?
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u32))
+            .collect())
     }
 
     /// The records at `places`, read from the segments. A line that is not the record the

@@ -245,6 +245,13 @@ async fn requests(index: &TrailIndex) -> usize {
         .total
 }
 
+/// The index of `dir`, caught up with it.
+async fn indexed(dir: &Path) -> Arc<TrailIndex> {
+    let index = start(dir).await;
+    refreshed(&index).await;
+    index
+}
+
 async fn refreshed(index: &TrailIndex) {
     let p = index.refresh(Duration::from_secs(30)).await;
     assert!(p.caught_up(), "{p:?}");
@@ -271,8 +278,7 @@ async fn the_index_finds_exactly_what_a_scan_finds() {
         lines(&mut b, 80, 120),
     )
     .unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     same_as_a_scan(&index, dir.path(), true).await;
 
     // Asset prefixes with more matches than the count's cap are read in time order
@@ -311,8 +317,7 @@ async fn appended_records_are_indexed_and_half_written_lines_wait() {
     let path = dir.path().join(segment::segment_name("gw", 1));
     let mut text = lines(&mut w, 0, 10);
     std::fs::write(&path, &text).unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     assert_eq!(requests(&index).await, 10);
 
     // The writer is half way through request 10's decision line.
@@ -340,8 +345,7 @@ async fn a_trail_that_changed_under_the_index_is_indexed_again() {
     std::fs::write(&first, lines(&mut w, 0, 30)).unwrap();
     let second = dir.path().join(segment::segment_name("gw", w.seq + 1));
     std::fs::write(&second, lines(&mut w, 30, 60)).unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
 
     // A segment archived away, and another cut short.
     std::fs::remove_file(&first).unwrap();
@@ -357,8 +361,7 @@ async fn a_trail_that_changed_under_the_index_is_indexed_again() {
 async fn an_index_pointing_at_other_records_shows_none_of_them_and_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     one_segment(dir.path(), 20);
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     // Request 5's row now points at request 6's line.
     sqlx::query(
         "UPDATE requests SET offset = (SELECT offset FROM requests WHERE exchange = 'x0006'),
@@ -417,8 +420,7 @@ async fn a_file_that_is_not_a_trail_index_is_never_touched() {
 async fn an_index_of_another_version_or_broken_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     one_segment(dir.path(), 5);
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     sqlx::query("UPDATE meta SET value = 0")
         .execute(&index.pool)
         .await
@@ -441,8 +443,7 @@ async fn an_index_of_another_version_or_broken_is_rebuilt() {
     bytes.truncate(100);
     bytes.extend_from_slice(&[0xAB; 4000]);
     std::fs::write(&file, bytes).unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     same_as_a_scan(&index, dir.path(), false).await;
 }
 
@@ -451,8 +452,7 @@ async fn a_segment_rewritten_in_place_is_indexed_again() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(segment::segment_name("gw", 1));
     std::fs::write(&path, lines(&mut TrailWriter::new("gw"), 0, 10)).unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     // The same name, other records, and no shorter: what a writer that truncated and wrote
     // again leaves.
     std::fs::write(&path, lines(&mut TrailWriter::new("gw"), 100, 112)).unwrap();
@@ -489,8 +489,7 @@ async fn odd_records_are_found_as_a_scan_finds_them() {
     a.seal(&mut one, odd);
     std::fs::write(dir.path().join(segment::segment_name("gw-a", 1)), one).unwrap();
     std::fs::write(dir.path().join(segment::segment_name("gw-b", 1)), two).unwrap();
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     for prefix in ["dbfs:/tmp/", "dbfs:/tmp/\u{10FFFF}", "dbfs:/"] {
         let f = Filter {
             asset: Some(prefix.into()),
@@ -524,8 +523,7 @@ fn the_bound_above_a_prefix_is_the_least_string_beyond_it() {
 async fn denials_are_counted_by_slot_rule_principal_and_asset() {
     let dir = tempfile::tempdir().unwrap();
     one_segment(dir.path(), 100);
-    let index = start(dir.path()).await;
-    refreshed(&index).await;
+    let index = indexed(dir.path()).await;
     let start_unix = micros("2026-11-27T08:00:00Z").unwrap() / 1_000_000;
     // 10 slots of 10 s: requests 0..100 are one a second.
     let counts = index.denials(start_unix, 10, 10, 3).await.unwrap();
