@@ -136,7 +136,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 1 runs everything on one thread (the cheapest per request).
     pub workers: usize,
-    /// Bodiless GET/HEAD to plain-HTTP upstreams share pipelined connections.
+    /// A principal's bodiless GET/HEAD to plain-HTTP upstreams share pipelined connections.
+    /// Off by default: an upstream that misframes a response shifts the responses pipelined
+    /// behind it, which keying by principal confines to that principal's own requests.
     pub upstream_pipelining: bool,
 }
 
@@ -303,12 +305,9 @@ struct RawServer {
     /// 0: one per available core.
     #[serde(default)]
     workers: usize,
-    #[serde(default = "yes")]
+    /// Off unless asked for: see `ServerConfig::upstream_pipelining`.
+    #[serde(default)]
     upstream_pipelining: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_gateway_id() -> String {

@@ -714,7 +714,8 @@ async fn a_stalled_response_nobody_wants_does_not_hold_up_the_requests_behind_it
     assert_eq!(stats.connections.load(SeqCst), 2);
 }
 
-// 6. Malformed responses fail their own caller; the pool recovers.
+// 6. Malformed responses fail their own caller and every request written behind them (their
+// answers can no longer be told apart); the pool recovers.
 
 #[tokio::test]
 async fn malformed_responses_fail_their_caller_and_the_pool_recovers() {
@@ -748,10 +749,19 @@ async fn malformed_responses_fail_their_caller_and_the_pool_recovers() {
             matches!(bad, Err(PipelineError::Malformed(_))),
             "{path}: expected Malformed, got {bad:?}"
         );
-        let response = within(good_response)
-            .await
-            .unwrap_or_else(|e| panic!("{good}: {e}"));
-        assert_eq!(text(response).await.expect("body"), expected_body(&good));
+        let behind = within(good_response).await;
+        assert!(
+            matches!(behind, Err(PipelineError::Desync(_))),
+            "{good}: written behind a malformed response, expected Desync, got {:?}",
+            behind.map(|r| r.status())
+        );
+        let after = format!("{path}/after");
+        assert_eq!(
+            within(fetch(&pipeline, &after))
+                .await
+                .unwrap_or_else(|e| panic!("{after}: {e}")),
+            expected_body(&after)
+        );
     }
     assert_eq!(
         stats.connections.load(SeqCst),

@@ -9,6 +9,7 @@ pub mod body;
 pub mod framing;
 pub mod headers;
 pub mod pipeline;
+pub mod pooled;
 pub mod respond;
 pub mod s3;
 pub mod server;
@@ -60,14 +61,15 @@ pub(crate) struct S3Gateway {
 }
 
 /// A workspace's upstream clients: pooled (h2 where the upstream offers it) and, for
-/// protocol upgrades, HTTP/1.1 only. A plain-HTTP upstream (a sidecar or a private endpoint;
-/// Databricks itself speaks h2 over TLS) also gets a pipeline: bodiless GET and HEAD share a
-/// few busy connections instead of one connection per client request, which is what lets the
-/// gateway cost less than a plain proxy.
+/// protocol upgrades, HTTP/1.1 only. With `upstream_pipelining` on, a plain-HTTP upstream (a
+/// sidecar or a private endpoint; Databricks itself speaks h2 over TLS) also gets pipelines:
+/// a principal's bodiless GET and HEAD share a few busy connections instead of one connection
+/// per client request. Only one principal's requests share a pipelined connection, because an
+/// upstream that misframes one response shifts the responses behind it.
 struct UpstreamClients {
     pooled: UpstreamClient,
     upgrade: UpstreamClient,
-    pipeline: Option<pipeline::Pipeline>,
+    pipelines: Option<pipeline::Pipelines>,
 }
 
 /// What outlives a configuration: every gateway built by a reload shares it, so rate-limit
@@ -148,10 +150,10 @@ impl Gateway {
                     .timer(TokioTimer::new())
                     .build(connector))
             };
-            let pipeline = (config.server.upstream_pipelining
+            let pipelines = (config.server.upstream_pipelining
                 && w.upstream.scheme == crate::config::Scheme::Http)
                 .then(|| {
-                    pipeline::Pipeline::new(
+                    pipeline::Pipelines::new(
                         w.upstream.authority_with_port(),
                         pipeline::PipelineConfig {
                             connect_timeout: config.server.connect_timeout,
@@ -163,7 +165,7 @@ impl Gateway {
             clients.push(UpstreamClients {
                 pooled: build(true)?,
                 upgrade: build(false)?,
-                pipeline,
+                pipelines,
             });
         }
         let s3 = match &config.s3 {
@@ -1096,7 +1098,7 @@ fn pipeline_error_kind(e: &pipeline::PipelineError) -> UpstreamError {
         P::Connect(_) => UpstreamError::Connect,
         P::Timeout => UpstreamError::Timeout,
         P::Closed | P::Io(_) | P::Incomplete => UpstreamError::Reset,
-        P::Malformed(_) => UpstreamError::Protocol,
+        P::Malformed(_) | P::Desync(_) => UpstreamError::Protocol,
         _ => UpstreamError::Other,
     }
 }
@@ -1160,7 +1162,17 @@ async fn forward(
     open_on_continue(&mut upstream_req, &gate);
 
     let clients = &x.gw.clients[workspace.client];
-    let pipeline = clients.pipeline.as_ref().filter(|_| !upgrade && bodiless);
+    // Keyed by principal: an anonymous caller (OpenID discovery) is nobody to key by.
+    let pipeline = match (&clients.pipelines, &x.principal) {
+        (Some(pipelines), Some(principal))
+            if !upgrade
+                && bodiless
+                && principal.kind != crate::identity::PrincipalKind::Anonymous =>
+        {
+            Some(pipelines.get(&principal.id))
+        }
+        _ => None,
+    };
     let sent = Instant::now();
     let result = match pipeline {
         Some(pipeline) => {
@@ -1189,11 +1201,11 @@ async fn forward(
             } else {
                 &clients.pooled
             };
-            tokio::time::timeout(x.gw.upstream_timeout, client.request(upstream_req))
+            tokio::time::timeout(x.gw.upstream_timeout, pooled::send(client, upstream_req))
                 .await
                 .map(|r| {
                     r.map(|r| r.map(Either::Left))
-                        .map_err(|e| (client_error_kind(&e), e.to_string()))
+                        .map_err(|e| (e.kind(), e.to_string()))
                 })
         }
     };

@@ -1,9 +1,9 @@
 //! HTTP/1.1 pipelining client for idempotent, bodiless upstream requests.
 //!
-//! One job: carry GET and HEAD requests from many concurrent callers over a
-//! few shared upstream connections, several requests in flight on each, and
-//! hand every caller exactly its own response. Fewer, busier upstream
-//! connections are what cut syscalls and context switches per request
+//! One job: carry GET and HEAD requests from concurrent callers over a few
+//! shared upstream connections, several requests in flight on each, and hand
+//! every caller exactly its own response. Fewer, busier upstream connections
+//! are what cut syscalls and context switches per request
 //! (`shared/reference/performance.md`).
 //!
 //! It must never: send a request that has a body or a non-idempotent method,
@@ -11,36 +11,46 @@
 //! belongs to another request, or let a caller that went away desync a
 //! connection.
 //!
+//! An upstream that misframes one response (a length longer than its body,
+//! bytes after it) shifts every response written behind it, and no reader can
+//! tell from the bytes alone. So a [`Pipeline`] is meant for one principal
+//! ([`Pipelines`] keeps one per key): whatever the upstream does, it can at
+//! worst shift that principal's own responses. Every misframing the bytes do
+//! show ([`reader`]) ends the connection.
+//!
 //! Shape: one task per upstream connection runs three loops over one socket:
 //! the writer encodes every request queued at that moment into one buffer and
-//! writes it with one call; the reader parses responses strictly in order and
-//! hands each to its caller's oneshot; the ticker closes idle connections and
-//! marks stalled ones busy. Callers pick a connection under the pool lock and
-//! push their job onto its queue; no lock is held across an await.
+//! writes it with one call; the reader feeds the bytes to a [`ResponseReader`]
+//! and hands each response to its caller's oneshot; the ticker closes idle
+//! connections and marks stalled ones busy. Callers pick a connection under
+//! the pool lock and push their job onto its queue; no lock is held across an
+//! await.
 //!
 //! Retries: a request that was never written, or whose connection was closed
-//! in an orderly way (`Connection: close`, HTTP/1.0, a malformed response
-//! already blamed on its own request), moves to a new connection for free.
-//! When a connection dies abruptly with no response in progress, the oldest
-//! unanswered request may be what killed it: it is charged its one retry and
-//! goes first on the new connection; the second time it fails with
-//! [`PipelineError::Closed`]. Every death therefore answers or fails at least
-//! one request, so retries cannot loop.
+//! in an orderly way (`Connection: close`, HTTP/1.0: the server processes
+//! nothing behind such a response, RFC 9112 §9.6), moves to a new connection
+//! for free. When the upstream's bytes break framing, the request being
+//! answered and every request written behind it fail
+//! ([`PipelineError::Malformed`], [`PipelineError::Desync`]); only requests
+//! never written move. When a connection dies abruptly with no response in
+//! progress, the oldest unanswered request may be what killed it: it is
+//! charged its one retry and goes first on the new connection; the second time
+//! it fails with [`PipelineError::Closed`]. Every death therefore answers or
+//! fails at least one request, so retries cannot loop.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::mem::{self, MaybeUninit};
-use std::ops::Range;
+use std::mem;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -48,12 +58,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::MissedTickBehavior;
 
-/// Most header lines accepted in one response head.
-const MAX_HEADERS: usize = 128;
-/// Largest response head (and largest chunked trailer section) accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Longest chunk-size line (size plus extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
+pub mod reader;
+
+use reader::{Event, Framing, Head, RequestKind, ResponseReader};
+
 /// Read buffer grown by this much at a time, so large bodies take few reads.
 const READ_BUF: usize = 128 * 1024;
 /// Below this much free space the read buffer is grown before the next read.
@@ -131,6 +139,9 @@ pub enum PipelineError {
     /// The request may not be pipelined (not GET/HEAD, or it declares a body).
     #[error("request not eligible for pipelining: {0}")]
     Unsupported(&'static str),
+    /// Written behind a response that broke framing: its answer could not be told apart.
+    #[error("an earlier response on the upstream connection broke framing: {0}")]
+    Desync(&'static str),
 }
 
 /// Sends GET/HEAD requests to one upstream origin over a few pipelined
@@ -208,6 +219,8 @@ struct Queue {
 
 struct Job {
     req: Request<()>,
+    /// How its response is framed (a HEAD answer has no body).
+    kind: RequestKind,
     tx: oneshot::Sender<Reply>,
     permit: OwnedSemaphorePermit,
     /// Already charged its one retry after a connection died under it.
@@ -220,6 +233,10 @@ enum Retire {
     Orderly,
     /// Died with no response in progress: the oldest written job is charged.
     Lost,
+    /// The upstream's bytes disagreed with the requests (already failed for the request
+    /// being answered): nothing written on this connection can be trusted to be answered
+    /// in order, so written jobs fail and only unwritten ones move.
+    Fault(&'static str),
     /// Never connected: every job fails.
     ConnectFailed(PipelineError),
 }
@@ -236,92 +253,18 @@ enum Next {
     Stop,
 }
 
-enum HeadError {
-    Closed,
-    Io,
-    Malformed(&'static str),
-}
-
-enum Parsed {
-    Final(Head),
-    Interim,
-    Partial,
-}
-
-struct Head {
-    status: StatusCode,
-    version: Version,
-    headers: HeaderMap,
-    facts: FramingFacts,
-}
-
-/// What the headers say about framing and persistence.
-#[derive(Default)]
-struct FramingFacts {
-    content_length: Option<u64>,
-    bad_length: bool,
-    chunked: bool,
-    other_coding: bool,
-    close: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
-}
-
-/// Header name and value positions inside a response head.
-#[derive(Clone, Copy, Default)]
-struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-enum Decoder {
-    Length(u64),
-    Chunked(ChunkDecoder),
-    UntilClose,
-}
-
-enum Piece {
-    Data(Bytes),
-    NeedMore,
-    Done,
+/// Why a body could not be delivered whole; its caller has already been told.
+enum Ended {
+    /// The upstream broke framing or the connection inside the body.
+    Fault(&'static str),
+    /// The caller went away and the rest costs more to read than a new connection.
+    Dropped,
 }
 
 /// Where a streamed body goes; `None` once its caller is gone.
 struct Sink {
     tx: Option<mpsc::Sender<BodyEvent>>,
     discarded: u64,
-}
-
-#[derive(Default)]
-struct ChunkDecoder {
-    state: ChunkState,
-}
-
-#[derive(Default, Clone, Copy)]
-enum ChunkState {
-    #[default]
-    Size,
-    Data(u64),
-    DataEnd,
-    /// Trailer bytes seen so far; trailers are dropped.
-    Trailers(usize),
-}
-
-/// One decoding step over the front of a chunked body.
-enum Step {
-    /// Framing bytes to drop.
-    Skip(usize),
-    /// Body bytes at the front.
-    Data(usize),
-    NeedMore,
-    /// The body ends after this many framing bytes.
-    Done(usize),
 }
 
 impl Pipeline {
@@ -362,8 +305,14 @@ impl Pipeline {
             .await
             .map_err(|_| PipelineError::Closed)?;
         let (tx, rx) = oneshot::channel();
+        let kind = if req.method() == Method::HEAD {
+            RequestKind::Head
+        } else {
+            RequestKind::Get
+        };
         let job = Job {
             req,
+            kind,
             tx,
             permit,
             retried: false,
@@ -375,6 +324,50 @@ impl Pipeline {
     /// Upstream connections currently in the pool (open or opening).
     pub fn connections(&self) -> usize {
         lock(&self.shared.conns).len()
+    }
+}
+
+/// One [`Pipeline`] per key to one upstream origin. The gateway keys by principal, so only
+/// one principal's requests ever share a pipelined connection.
+pub struct Pipelines {
+    addr: String,
+    config: PipelineConfig,
+    by_key: dashmap::DashMap<Box<str>, Pipeline>,
+}
+
+/// Past this many keys, pipelines with no connection and no caller are dropped before a new
+/// one is added, so keys seen once do not accumulate.
+const SWEEP_AT: usize = 1024;
+
+impl Pipelines {
+    pub fn new(addr: String, config: PipelineConfig) -> Pipelines {
+        Pipelines {
+            addr,
+            config,
+            by_key: dashmap::DashMap::new(),
+        }
+    }
+
+    /// The pipeline for `key`, made on first use.
+    pub fn get(&self, key: &str) -> Pipeline {
+        if let Some(pipeline) = self.by_key.get(key) {
+            return pipeline.clone();
+        }
+        if self.by_key.len() >= SWEEP_AT {
+            // Only this map holds an idle pipeline: its connection tasks and callers hold
+            // clones of its state.
+            self.by_key
+                .retain(|_, pipeline| Arc::strong_count(&pipeline.shared) > 1);
+        }
+        self.by_key
+            .entry(key.into())
+            .or_insert_with(|| Pipeline::new(self.addr.clone(), self.config.clone()))
+            .clone()
+    }
+
+    /// Keys with a pipeline now.
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
     }
 }
 
@@ -400,6 +393,7 @@ impl PipelineError {
             PipelineError::Malformed(why) => PipelineError::Malformed(why),
             PipelineError::Incomplete => PipelineError::Incomplete,
             PipelineError::Unsupported(why) => PipelineError::Unsupported(why),
+            PipelineError::Desync(why) => PipelineError::Desync(why),
         }
     }
 }
@@ -573,6 +567,12 @@ impl Shared {
                         front.retried = true;
                     }
                 }
+                Retire::Fault(why) => {
+                    failed.extend(
+                        jobs.drain(..written)
+                            .map(|job| (job.tx, PipelineError::Desync(why))),
+                    );
+                }
                 Retire::Lost | Retire::Orderly => {}
             }
             jobs.retain(|job| !job.tx.is_closed());
@@ -718,6 +718,15 @@ impl Conn {
         queue.written -= 1;
         self.responding.store(true, Relaxed);
         Some(job)
+    }
+
+    /// The oldest written request whose response head has not arrived.
+    fn waiting(&self) -> Option<RequestKind> {
+        let queue = lock(&self.queue);
+        if queue.written == 0 {
+            return None;
+        }
+        queue.jobs.front().map(|job| job.kind)
     }
 
     /// Waiting on a response nobody wants: the oldest written request's
@@ -876,33 +885,50 @@ async fn tick_loop(shared: &Arc<Shared>, conn: &Arc<Conn>) {
     }
 }
 
-/// Reads responses in order and hands each to the oldest written job.
+/// Reads responses in order and hands each to the oldest written job; the reader says
+/// what the bytes are, this loop only moves them.
 async fn read_loop(shared: &Arc<Shared>, conn: &Arc<Conn>, rd: &mut ReadHalf<'_>) {
     let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut reader = ResponseReader::new();
     loop {
-        let head = match read_head(rd, &mut buf).await {
-            Ok(head) => head,
-            Err(HeadError::Closed) => return shared.retire(conn, Retire::Lost, "upstream closed"),
-            Err(HeadError::Io) => return shared.retire(conn, Retire::Lost, "read failed"),
-            Err(HeadError::Malformed(why)) => {
-                // The oldest written request is the one whose response came out wrong.
-                if let Some(job) = conn.pop_written() {
-                    let _ = job.tx.send(Err(PipelineError::Malformed(why)));
-                    shared.finish(conn, job.permit);
+        match reader.next(&mut buf, || conn.waiting()) {
+            Event::NeedMore => match read_more(rd, &mut buf).await {
+                Ok(0) => {
+                    return match reader.eof(&buf) {
+                        Event::Fault(why) => fault(shared, conn, why),
+                        _ => shared.retire(conn, Retire::Lost, "upstream closed"),
+                    }
                 }
-                return shared.retire(conn, Retire::Orderly, why);
+                Ok(_) => {}
+                Err(_) => return shared.retire(conn, Retire::Lost, "read failed"),
+            },
+            Event::Head(head) => {
+                let Some(job) = conn.pop_written() else {
+                    // The jobs were moved away meanwhile (the connection was retired).
+                    return shared.retire(conn, Retire::Orderly, "no request left to answer");
+                };
+                match respond(shared, conn, rd, &mut buf, &mut reader, head, job).await {
+                    Next::Continue if !conn.retired.load(Relaxed) => {}
+                    Next::Continue | Next::Stop => return,
+                }
             }
-        };
-        let Some(job) = conn.pop_written() else {
-            // A response nobody asked for (a 408 before an idle close, or our
-            // jobs were moved away): nothing after it can be trusted.
-            return shared.retire(conn, Retire::Orderly, "unsolicited response");
-        };
-        match respond(shared, conn, rd, &mut buf, head, job).await {
-            Next::Continue if !conn.retired.load(Relaxed) => {}
-            Next::Continue | Next::Stop => return,
+            Event::Fault(why) => return fault(shared, conn, why),
+            // Body events come only after a head, inside `respond`.
+            Event::Data(_) | Event::End { .. } => {
+                return fault(shared, conn, "body bytes outside a response")
+            }
         }
     }
+}
+
+/// Between responses the bytes broke framing: the request they would answer fails, and so
+/// does every request written behind it.
+fn fault(shared: &Arc<Shared>, conn: &Arc<Conn>, why: &'static str) {
+    if let Some(job) = conn.pop_written() {
+        let _ = job.tx.send(Err(PipelineError::Malformed(why)));
+        shared.finish(conn, job.permit);
+    }
+    shared.retire(conn, Retire::Fault(why), why);
 }
 
 /// Delivers one response (head and body) to `job`'s caller.
@@ -911,31 +937,26 @@ async fn respond(
     conn: &Arc<Conn>,
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
+    reader: &mut ResponseReader,
     head: Head,
     job: Job,
 ) -> Next {
     let Job {
         req, tx, permit, ..
     } = job;
-    let framing = match head.framing(req.method() == Method::HEAD) {
-        Ok(framing) => framing,
-        Err(why) => {
-            let _ = tx.send(Err(PipelineError::Malformed(why)));
-            shared.finish(conn, permit);
-            shared.retire(conn, Retire::Orderly, why);
-            return Next::Stop;
-        }
-    };
     drop(req);
-    let last = head.is_last() || framing == Framing::UntilClose;
+    let last = head.last;
     if last {
-        // Nothing more will be answered here: move the requests behind this
-        // one to a new connection now, not after this body.
+        // Nothing more will be answered here, and a server that announces its close
+        // processes none of the requests behind (RFC 9112 §9.6): move them now, not after
+        // this body.
         shared.retire(conn, Retire::Orderly, "upstream closes the connection");
     }
-    let delivered = deliver_body(conn, rd, buf, head, tx, framing).await;
-    if let Err(why) = delivered {
-        shared.retire(conn, Retire::Orderly, why);
+    let delivered = deliver_body(conn, rd, buf, reader, head, tx).await;
+    match delivered {
+        Ok(()) => {}
+        Err(Ended::Fault(why)) => shared.retire(conn, Retire::Fault(why), why),
+        Err(Ended::Dropped) => shared.retire(conn, Retire::Orderly, "caller dropped a large body"),
     }
     shared.finish(conn, permit);
     if last || delivered.is_err() {
@@ -945,107 +966,134 @@ async fn respond(
     }
 }
 
-/// Err means the connection cannot carry another response; the caller has
-/// already been given the error (as its result or through its body).
+/// Hands the caller its response: whole when the body is small and already here (no
+/// channel), streamed otherwise.
 async fn deliver_body(
     conn: &Conn,
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
+    reader: &mut ResponseReader,
     head: Head,
     tx: oneshot::Sender<Reply>,
-    framing: Framing,
-) -> Result<(), &'static str> {
-    match framing {
-        Framing::Empty => {
-            let _ = tx.send(Ok(head.into_response(PipelinedBody::empty())));
-            Ok(())
-        }
-        Framing::Length(len) if len <= SMALL_BODY => {
+) -> Result<(), Ended> {
+    if let Framing::Length(len) = head.framing {
+        if len <= SMALL_BODY {
             // Small: wait for all of it and skip the channel.
-            let len = len as usize;
-            match fill(rd, buf, len).await {
-                Ok(()) => {
-                    let body = PipelinedBody::full(buf.split_to(len).freeze());
-                    let _ = tx.send(Ok(head.into_response(body)));
-                    Ok(())
-                }
-                Err(err) => {
-                    let _ = tx.send(Err(err));
-                    Err("connection ended inside a response body")
-                }
+            if let Err(err) = fill(rd, buf, len as usize).await {
+                let _ = tx.send(Err(err));
+                return Err(Ended::Fault("the connection ended inside a response body"));
             }
         }
-        Framing::Length(len) => stream_body(conn, rd, buf, head, tx, Decoder::Length(len)).await,
-        Framing::Chunked => match whole_chunked(buf) {
-            Ok(Some(data)) => {
-                let _ = tx.send(Ok(head.into_response(PipelinedBody::full(data))));
-                Ok(())
-            }
-            Ok(None) => {
-                let decoder = Decoder::Chunked(ChunkDecoder::default());
-                stream_body(conn, rd, buf, head, tx, decoder).await
-            }
-            Err(why) => {
-                let _ = tx.send(Err(PipelineError::Malformed(why)));
-                Err(why)
-            }
-        },
-        Framing::UntilClose => stream_body(conn, rd, buf, head, tx, Decoder::UntilClose).await,
     }
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut total = 0u64;
+    loop {
+        match reader.next(buf, || conn.waiting()) {
+            Event::Data(data) => {
+                total += data.len() as u64;
+                pieces.push(data);
+                if total > SMALL_BODY {
+                    break;
+                }
+            }
+            Event::End { .. } => {
+                let body = PipelinedBody::full(join(pieces, total));
+                let _ = tx.send(Ok(head.into_response(body)));
+                return Ok(());
+            }
+            Event::NeedMore => break,
+            Event::Fault(why) => {
+                let _ = tx.send(Err(PipelineError::Malformed(why)));
+                return Err(Ended::Fault(why));
+            }
+            Event::Head(_) => {
+                let _ = tx.send(Err(PipelineError::Malformed("a head inside a body")));
+                return Err(Ended::Fault("a head inside a body"));
+            }
+        }
+    }
+    stream_body(conn, rd, buf, reader, head, tx, pieces).await
 }
 
-/// Hands the head over now and the body through a bounded channel: a slow
-/// caller slows the upstream read instead of growing a buffer.
+/// The pieces of a small body as one `Bytes` (one copy only when there are several).
+fn join(mut pieces: Vec<Bytes>, total: u64) -> Bytes {
+    if pieces.len() <= 1 {
+        return pieces.pop().unwrap_or_default();
+    }
+    let mut joined = BytesMut::with_capacity(total as usize);
+    for piece in pieces {
+        joined.extend_from_slice(&piece);
+    }
+    joined.freeze()
+}
+
+/// Hands the head over now and the body through a bounded channel: a slow caller slows the
+/// upstream read instead of growing a buffer. `first` is what was already read.
 async fn stream_body(
     conn: &Conn,
     rd: &mut ReadHalf<'_>,
     buf: &mut BytesMut,
+    reader: &mut ResponseReader,
     head: Head,
     tx: oneshot::Sender<Reply>,
-    mut decoder: Decoder,
-) -> Result<(), &'static str> {
-    let known_len = decoder.known_len();
+    first: Vec<Bytes>,
+) -> Result<(), Ended> {
+    let known_len = match head.framing {
+        Framing::Length(len) => Some(len),
+        Framing::Empty => Some(0),
+        Framing::Chunked | Framing::UntilClose => None,
+    };
     let mut sink = Sink::open(tx, head, known_len);
-    let mut streamed = 0u64;
     if known_len.is_some_and(|len| len > BUSY_BODY) {
         conn.busy_body.store(true, Relaxed);
     }
+    let mut streamed = 0u64;
+    for data in first {
+        streamed += data.len() as u64;
+        if !sink.push(data, reader.discard_cost()).await {
+            return Err(Ended::Dropped);
+        }
+    }
     loop {
-        match decoder.next(buf) {
-            Ok(Piece::Data(data)) => {
-                streamed += data.len() as u64;
-                if streamed > BUSY_BODY {
-                    conn.busy_body.store(true, Relaxed);
-                }
-                if !sink.push(data, decoder.discard_cost()).await {
-                    return Err("caller dropped a large body");
-                }
-            }
-            Ok(Piece::NeedMore) => match read_more(rd, buf).await {
-                Ok(0) if matches!(decoder, Decoder::UntilClose) => {
-                    sink.end().await;
-                    return Ok(());
-                }
+        match reader.next(buf, || conn.waiting()) {
+            Event::NeedMore => match read_more(rd, buf).await {
                 Ok(0) => {
+                    if let Event::End { .. } = reader.eof(buf) {
+                        sink.end().await;
+                        return Ok(());
+                    }
                     sink.fail(PipelineError::Incomplete);
-                    return Err("connection ended inside a response body");
+                    return Err(Ended::Fault("the connection ended inside a response body"));
                 }
                 Ok(_) => {}
                 Err(err) => {
                     sink.fail(PipelineError::Io(err));
-                    return Err("read failed inside a response body");
+                    return Err(Ended::Fault("read failed inside a response body"));
                 }
             },
-            Ok(Piece::Done) => {
-                // A length-delimited body knows its own end.
-                if !matches!(decoder, Decoder::Length(_)) {
+            Event::Data(data) => {
+                streamed += data.len() as u64;
+                if streamed > BUSY_BODY {
+                    conn.busy_body.store(true, Relaxed);
+                }
+                if !sink.push(data, reader.discard_cost()).await {
+                    return Err(Ended::Dropped);
+                }
+            }
+            Event::End { .. } => {
+                // A length-delimited body knows its own end: its receiver stops by itself.
+                if known_len.is_none() {
                     sink.end().await;
                 }
                 return Ok(());
             }
-            Err(why) => {
+            Event::Fault(why) => {
                 sink.fail(PipelineError::Malformed(why));
-                return Err(why);
+                return Err(Ended::Fault(why));
+            }
+            Event::Head(_) => {
+                sink.fail(PipelineError::Malformed("a head inside a body"));
+                return Err(Ended::Fault("a head inside a body"));
             }
         }
     }
@@ -1098,49 +1146,6 @@ impl Sink {
     }
 }
 
-impl Decoder {
-    fn next(&mut self, buf: &mut BytesMut) -> Result<Piece, &'static str> {
-        match self {
-            Decoder::Length(0) => Ok(Piece::Done),
-            Decoder::Length(_) | Decoder::UntilClose if buf.is_empty() => Ok(Piece::NeedMore),
-            Decoder::Length(left) => {
-                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= take as u64;
-                Ok(Piece::Data(buf.split_to(take).freeze()))
-            }
-            Decoder::UntilClose => Ok(Piece::Data(buf.split().freeze())),
-            Decoder::Chunked(chunks) => loop {
-                match chunks.step(&buf[..])? {
-                    Step::Skip(n) => buf.advance(n),
-                    Step::Data(n) => return Ok(Piece::Data(buf.split_to(n).freeze())),
-                    Step::NeedMore => return Ok(Piece::NeedMore),
-                    Step::Done(n) => {
-                        buf.advance(n);
-                        return Ok(Piece::Done);
-                    }
-                }
-            },
-        }
-    }
-
-    fn known_len(&self) -> Option<u64> {
-        match self {
-            Decoder::Length(len) => Some(*len),
-            Decoder::Chunked(_) | Decoder::UntilClose => None,
-        }
-    }
-
-    /// Bytes left to read if the body were discarded. A close-delimited body
-    /// never pays: its connection ends anyway.
-    fn discard_cost(&self) -> Option<u64> {
-        match self {
-            Decoder::Length(left) => Some(*left),
-            Decoder::Chunked(_) => None,
-            Decoder::UntilClose => Some(u64::MAX),
-        }
-    }
-}
-
 async fn read_more(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < MIN_READ_SPACE {
         buf.reserve(READ_BUF);
@@ -1163,335 +1168,6 @@ async fn fill(rd: &mut ReadHalf<'_>, buf: &mut BytesMut, len: usize) -> Result<(
     Ok(())
 }
 
-/// Reads up to the next final response head, skipping interim (1xx) ones.
-async fn read_head(rd: &mut ReadHalf<'_>, buf: &mut BytesMut) -> Result<Head, HeadError> {
-    loop {
-        if !buf.is_empty() {
-            match parse_head(buf).map_err(HeadError::Malformed)? {
-                Parsed::Final(head) => return Ok(head),
-                Parsed::Interim => continue,
-                Parsed::Partial if buf.len() >= MAX_HEAD => {
-                    return Err(HeadError::Malformed("response head too large"));
-                }
-                Parsed::Partial => {}
-            }
-        }
-        match read_more(rd, buf).await {
-            Ok(0) => return Err(HeadError::Closed),
-            Ok(_) => {}
-            Err(_) => return Err(HeadError::Io),
-        }
-    }
-}
-
-/// Parses one response head off the front of `buf`. Header values share the
-/// read buffer instead of being copied.
-fn parse_head(buf: &mut BytesMut) -> Result<Parsed, &'static str> {
-    let mut spans = [Span::default(); MAX_HEADERS];
-    let (len, code, version, count) = {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        let status = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            &buf[..],
-            &mut slots,
-        );
-        let len = match status {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-            Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
-            Err(_) => return Err("invalid response head"),
-        };
-        if len > MAX_HEAD {
-            return Err("response head too large");
-        }
-        let base = buf.as_ptr() as usize;
-        // Offsets fit in u32: the head is at most MAX_HEAD bytes.
-        let at = |part: &[u8]| {
-            if part.is_empty() {
-                return (0, 0);
-            }
-            (
-                (part.as_ptr() as usize).wrapping_sub(base) as u32,
-                part.len() as u32,
-            )
-        };
-        for (span, header) in spans.iter_mut().zip(response.headers.iter()) {
-            *span = Span {
-                name: at(header.name.as_bytes()),
-                value: at(header.value),
-            };
-        }
-        (len, response.code, response.version, response.headers.len())
-    };
-    let code = code.ok_or("missing status code")?;
-    if (100..200).contains(&code) {
-        if code == 101 {
-            return Err("unexpected 101 Switching Protocols");
-        }
-        // 100 Continue, 103 Early Hints: the final response follows.
-        buf.advance(len);
-        return Ok(Parsed::Interim);
-    }
-    let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
-    let version = match version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err("unsupported HTTP version"),
-    };
-    let raw = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    let mut facts = FramingFacts::default();
-    for span in &spans[..count] {
-        let name =
-            HeaderName::from_bytes(&raw[range(span.name)]).map_err(|_| "invalid header name")?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(range(span.value)))
-            .map_err(|_| "invalid header value")?;
-        facts.note(&name, value.as_bytes());
-        headers.append(name, value);
-    }
-    Ok(Parsed::Final(Head {
-        status,
-        version,
-        headers,
-        facts,
-    }))
-}
-
-fn range((start, len): (u32, u32)) -> Range<usize> {
-    start as usize..(start + len) as usize
-}
-
-impl FramingFacts {
-    fn note(&mut self, name: &HeaderName, value: &[u8]) {
-        if *name == CONTENT_LENGTH {
-            for item in value.split(|&b| b == b',') {
-                match decimal(trim(item)) {
-                    Some(len) if self.content_length.is_none_or(|seen| seen == len) => {
-                        self.content_length = Some(len);
-                    }
-                    _ => self.bad_length = true,
-                }
-            }
-        } else if *name == TRANSFER_ENCODING {
-            for coding in tokens(value) {
-                if coding.eq_ignore_ascii_case(b"chunked") && !self.chunked && !self.other_coding {
-                    self.chunked = true;
-                } else {
-                    // Anything but one lone `chunked` (gzip, chunked twice, chunked not last).
-                    self.other_coding = true;
-                }
-            }
-        } else if *name == CONNECTION {
-            self.close |= tokens(value).any(|option| option.eq_ignore_ascii_case(b"close"));
-        }
-    }
-}
-
-impl Head {
-    /// RFC 9112 §6.3, strict: anything a proxy could be smuggled through is malformed.
-    fn framing(&self, head_request: bool) -> Result<Framing, &'static str> {
-        if head_request
-            || self.status == StatusCode::NO_CONTENT
-            || self.status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(Framing::Empty);
-        }
-        let facts = &self.facts;
-        if facts.other_coding {
-            return Err("unsupported transfer-encoding");
-        }
-        if facts.chunked {
-            if facts.content_length.is_some() || facts.bad_length {
-                return Err("both transfer-encoding and content-length");
-            }
-            if self.version == Version::HTTP_10 {
-                return Err("transfer-encoding in an HTTP/1.0 response");
-            }
-            return Ok(Framing::Chunked);
-        }
-        if facts.bad_length {
-            return Err("invalid content-length");
-        }
-        Ok(match facts.content_length {
-            Some(0) => Framing::Empty,
-            Some(len) => Framing::Length(len),
-            None => Framing::UntilClose,
-        })
-    }
-
-    /// This response is the last one on its connection.
-    fn is_last(&self) -> bool {
-        self.version == Version::HTTP_10 || self.facts.close
-    }
-
-    fn into_response(self, body: PipelinedBody) -> Response<PipelinedBody> {
-        let mut response = Response::new(body);
-        *response.status_mut() = self.status;
-        *response.version_mut() = self.version;
-        *response.headers_mut() = self.headers;
-        response
-    }
-}
-
-/// The whole chunked body when it is already buffered and small, so it
-/// reaches the caller as one `Bytes` without a channel.
-fn whole_chunked(buf: &mut BytesMut) -> Result<Option<Bytes>, &'static str> {
-    let mut decoder = ChunkDecoder::default();
-    let (mut pos, mut total, mut pieces) = (0usize, 0usize, 0usize);
-    let mut first = 0..0;
-    let end = loop {
-        match decoder.step(&buf[pos..])? {
-            Step::Skip(n) => pos += n,
-            Step::Data(n) => {
-                if pieces == 0 {
-                    first = pos..pos + n;
-                }
-                pieces += 1;
-                total += n;
-                if total as u64 > SMALL_BODY {
-                    return Ok(None);
-                }
-                pos += n;
-            }
-            Step::NeedMore => return Ok(None),
-            Step::Done(n) => break pos + n,
-        }
-    };
-    let raw = buf.split_to(end).freeze();
-    if pieces <= 1 {
-        return Ok(Some(raw.slice(first)));
-    }
-    // Several chunks: join them (one copy, at most SMALL_BODY).
-    let mut joined = BytesMut::with_capacity(total);
-    let mut decoder = ChunkDecoder::default();
-    let mut pos = 0;
-    loop {
-        match decoder.step(&raw[pos..])? {
-            Step::Skip(n) => pos += n,
-            Step::Data(n) => {
-                joined.extend_from_slice(&raw[pos..pos + n]);
-                pos += n;
-            }
-            Step::NeedMore | Step::Done(_) => break,
-        }
-    }
-    Ok(Some(joined.freeze()))
-}
-
-impl ChunkDecoder {
-    fn step(&mut self, input: &[u8]) -> Result<Step, &'static str> {
-        match self.state {
-            ChunkState::Size => {
-                let Some((line, used)) = crlf_line(input, MAX_CHUNK_LINE)? else {
-                    return Ok(Step::NeedMore);
-                };
-                let size = chunk_size(line)?;
-                self.state = if size == 0 {
-                    ChunkState::Trailers(0)
-                } else {
-                    ChunkState::Data(size)
-                };
-                Ok(Step::Skip(used))
-            }
-            ChunkState::Data(_) if input.is_empty() => Ok(Step::NeedMore),
-            ChunkState::Data(left) => {
-                let n = left.min(input.len() as u64);
-                self.state = if n == left {
-                    ChunkState::DataEnd
-                } else {
-                    ChunkState::Data(left - n)
-                };
-                Ok(Step::Data(n as usize))
-            }
-            ChunkState::DataEnd => match input {
-                [b'\r', b'\n', ..] => {
-                    self.state = ChunkState::Size;
-                    Ok(Step::Skip(2))
-                }
-                [] | [b'\r'] => Ok(Step::NeedMore),
-                _ => Err("chunk data not followed by CRLF"),
-            },
-            ChunkState::Trailers(seen) => {
-                let Some((line, used)) = crlf_line(input, MAX_HEAD.saturating_sub(seen))? else {
-                    return Ok(Step::NeedMore);
-                };
-                if line.is_empty() {
-                    return Ok(Step::Done(used));
-                }
-                self.state = ChunkState::Trailers(seen + used);
-                Ok(Step::Skip(used))
-            }
-        }
-    }
-}
-
-/// The CRLF-terminated line at the front of `input` and the bytes it takes.
-fn crlf_line(input: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, &'static str> {
-    match memchr::memchr(b'\n', input) {
-        Some(nl) if nl > max => Err("chunked framing line too long"),
-        Some(nl) if nl == 0 || input[nl - 1] != b'\r' => Err("chunked framing line without CRLF"),
-        Some(nl) => Ok(Some((&input[..nl - 1], nl + 1))),
-        None if input.len() > max => Err("chunked framing line too long"),
-        None => Ok(None),
-    }
-}
-
-fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err("missing chunk size");
-    }
-    if digits > 15 {
-        return Err("chunk size too large");
-    }
-    let size = line[..digits]
-        .iter()
-        .fold(0u64, |size, &b| size << 4 | u64::from(hex_value(b)));
-    match trim(&line[digits..]).first() {
-        None | Some(b';') => Ok(size),
-        Some(_) => Err("invalid chunk size"),
-    }
-}
-
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        b'A'..=b'F' => b - b'A' + 10,
-        _ => 0,
-    }
-}
-
-/// A plain decimal Content-Length value.
-fn decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
-}
-
-/// Comma-separated list items, optional whitespace trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim)
-        .filter(|item| !item.is_empty())
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
-    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !is_ows(b))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -1499,122 +1175,4 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Clears `flag`; true if it was set (one read in the common unset case).
 fn clear(flag: &AtomicBool) -> bool {
     flag.load(Relaxed) && flag.swap(false, Relaxed)
-}
-
-#[cfg(test)]
-mod unit {
-    use super::*;
-
-    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, usize), &'static str> {
-        let mut decoder = ChunkDecoder::default();
-        let (mut pos, mut out) = (0, Vec::new());
-        loop {
-            match decoder.step(&input[pos..])? {
-                Step::Skip(n) => pos += n,
-                Step::Data(n) => {
-                    out.extend_from_slice(&input[pos..pos + n]);
-                    pos += n;
-                }
-                Step::NeedMore => return Err("need more"),
-                Step::Done(n) => return Ok((out, pos + n)),
-            }
-        }
-    }
-
-    #[test]
-    fn chunked_decoding() {
-        let ok: &[(&[u8], &[u8])] = &[
-            (b"0\r\n\r\n", b""),
-            (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
-            (
-                b"3;ext=1\r\nabc\r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
-                b"abc0123456789",
-            ),
-        ];
-        for (input, body) in ok {
-            let (out, used) = decode_all(input).expect("valid chunked body");
-            assert_eq!(out, *body);
-            assert_eq!(used, input.len());
-        }
-        for bad in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloX\r\n",
-            b"5\nhello",
-            b"ffffffffffffffff\r\n",
-        ] {
-            assert!(decode_all(bad).is_err_and(|e| e != "need more"), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn framing_rules() {
-        let head = |raw: &str| {
-            let mut buf = BytesMut::from(raw);
-            match parse_head(&mut buf) {
-                Ok(Parsed::Final(head)) => head,
-                _ => panic!("head did not parse: {raw}"),
-            }
-        };
-        let get = |raw: &str| head(raw).framing(false);
-        assert_eq!(
-            get("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
-            Ok(Framing::Length(5))
-        );
-        assert_eq!(
-            get("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
-            Ok(Framing::Length(5))
-        );
-        assert_eq!(
-            get("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(get("HTTP/1.1 200 OK\r\n\r\n"), Ok(Framing::UntilClose));
-        assert_eq!(
-            get("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"),
-            Ok(Framing::Chunked)
-        );
-        assert_eq!(
-            get("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            get("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
-            Ok(Framing::Empty)
-        );
-        assert_eq!(
-            head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n").framing(true),
-            Ok(Framing::Empty)
-        );
-        for bad in [
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
-            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ] {
-            assert!(get(bad).is_err(), "{bad}");
-        }
-        assert!(head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").is_last());
-        assert!(head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n").is_last());
-        assert!(!head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n").is_last());
-    }
-
-    #[test]
-    fn request_encoding_is_verbatim() {
-        let req = Request::get("http://ignored.example/a/b?c=d")
-            .header("host", "origin:8080")
-            .header("x-one", "1")
-            .header("accept", "*/*")
-            .body(())
-            .expect("request");
-        let mut out = Vec::new();
-        encode_request(&req, &mut out);
-        assert_eq!(
-            out,
-            b"GET /a/b?c=d HTTP/1.1\r\nhost: origin:8080\r\nx-one: 1\r\naccept: */*\r\n\r\n"
-        );
-    }
 }

@@ -279,7 +279,11 @@ async fn decide_and_forward(
     let mut upstream_req = Request::from_parts(parts, upstream_body);
     open_on_continue(&mut upstream_req, &gate);
     let sent = Instant::now();
-    let result = tokio::time::timeout(x.gw.upstream_timeout, s3.client.request(upstream_req)).await;
+    let result = tokio::time::timeout(
+        x.gw.upstream_timeout,
+        super::pooled::send(&s3.client, upstream_req),
+    )
+    .await;
     if let Some(gate) = &gate {
         gate.abort_if_closed();
     }
@@ -289,7 +293,7 @@ async fn decide_and_forward(
     let metrics = &x.gw.shared().metrics;
     match &result {
         Ok(Ok(_)) => metrics.upstream_duration().observe_us(upstream_us),
-        Ok(Err(e)) => metrics.upstream_error(super::client_error_kind(e)),
+        Ok(Err(e)) => metrics.upstream_error(e.kind()),
         Err(_) => metrics.upstream_error(crate::metrics::UpstreamError::Timeout),
     }
     let response = match result {
