@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatehouse::proxy::pipeline::{Pipeline, PipelineConfig, PipelineError, PipelinedBody};
+use gatehouse::proxy::pipeline::{
+    Pipeline, PipelineConfig, PipelineError, PipelinedBody, Pipelines,
+};
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either, Full};
@@ -767,6 +769,130 @@ async fn malformed_responses_fail_their_caller_and_the_pool_recovers() {
         stats.connections.load(SeqCst),
         CASES.len() + 1,
         "each malformed response costs its connection"
+    );
+}
+
+// 7. An upstream that sends what nobody asked for: the connection ends, and nothing it sent
+// reaches a caller.
+
+/// The result of a request whose error may surface as the result or inside the body.
+async fn outcome(
+    fut: impl Future<Output = Result<Response<PipelinedBody>, PipelineError>>,
+) -> Result<String, PipelineError> {
+    match within(fut).await {
+        Ok(response) => text(response).await,
+        Err(err) => Err(err),
+    }
+}
+
+#[tokio::test]
+async fn bytes_on_an_idle_connection_end_it() {
+    let release = Arc::new(Notify::new());
+    let hold = Arc::clone(&release);
+    let (addr, stats) = origin(move |seen| match seen.path.as_str() {
+        "/first" => vec![
+            ok(&expected_body("/first")),
+            Act::Hold(Arc::clone(&hold)),
+            Act::Write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray".to_vec()),
+        ],
+        path => vec![ok(&expected_body(path))],
+    })
+    .await;
+    let pipeline = Pipeline::new(addr, config(1, 8));
+    assert_eq!(
+        fetch(&pipeline, "/first").await.expect("first"),
+        expected_body("/first")
+    );
+    release.notify_one();
+    let watched = pipeline.clone();
+    wait_until(move || watched.connections() == 0).await;
+    assert_eq!(
+        within(fetch(&pipeline, "/second")).await.expect("second"),
+        expected_body("/second")
+    );
+    assert_eq!(stats.connections.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_408_fails_its_request_and_those_written_behind_it() {
+    let (addr, stats) = origin(|seen| match seen.path.as_str() {
+        "/crossed" => vec![
+            Act::Write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n".to_vec()),
+            ok(&expected_body("/crossed")),
+        ],
+        path => vec![ok(&expected_body(path))],
+    })
+    .await;
+    let pipeline = Pipeline::new(addr, config(1, 8));
+    let mut queued = queue_in_order(&pipeline, &["/crossed", "/behind"]).await;
+    let behind = queued.pop().expect("behind");
+    let crossed = queued.pop().expect("crossed");
+    assert!(matches!(
+        outcome(crossed).await,
+        Err(PipelineError::Malformed(_))
+    ));
+    assert!(matches!(
+        outcome(behind).await,
+        Err(PipelineError::Desync(_))
+    ));
+    assert_eq!(
+        within(fetch(&pipeline, "/later")).await.expect("later"),
+        expected_body("/later")
+    );
+    assert_eq!(stats.connections.load(SeqCst), 2);
+}
+
+#[tokio::test]
+async fn bytes_left_over_after_a_response_fail_it_when_nothing_is_behind() {
+    let (addr, _) = origin(|seen| match seen.path.as_str() {
+        "/extra" => {
+            let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+            raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake");
+            vec![Act::Write(raw)]
+        }
+        "/head-with-body" => vec![Act::Write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody".to_vec(),
+        )],
+        path => vec![ok(&expected_body(path))],
+    })
+    .await;
+    let pipeline = Pipeline::new(addr, config(1, 8));
+    assert!(matches!(
+        outcome(pipeline.send(get("/extra"))).await,
+        Err(PipelineError::Malformed(_))
+    ));
+    let head = Request::head("/head-with-body")
+        .header("host", "origin.test")
+        .body(())
+        .expect("request");
+    assert!(matches!(
+        outcome(pipeline.send(head)).await,
+        Err(PipelineError::Malformed(_))
+    ));
+    assert_eq!(
+        within(fetch(&pipeline, "/next")).await.expect("next"),
+        expected_body("/next")
+    );
+}
+
+#[tokio::test]
+async fn keys_never_share_a_connection() {
+    let (addr, stats) = origin(echo_origin()).await;
+    let pipelines = Pipelines::new(addr, config(2, 16));
+    for key in ["alice", "bob", "alice", "bob"] {
+        let path = format!("/{key}");
+        assert_eq!(
+            within(fetch(&pipelines.get(key), &path))
+                .await
+                .expect("fetch"),
+            expected_body(&path)
+        );
+    }
+    assert_eq!(pipelines.keys(), 2);
+    assert_eq!(
+        stats.connections.load(SeqCst),
+        2,
+        "one connection per key, reused by that key only"
     );
 }
 

@@ -1237,7 +1237,12 @@ async fn forward(
         Ok(Err((kind, e))) => {
             metrics.upstream_error(kind);
             tracing::warn!(request_id = x.request_id_str(), workspace = %workspace.name, error = %e, "upstream request failed");
-            completion.error = Some("the upstream could not be reached or failed");
+            completion.error = Some(match kind {
+                UpstreamError::Protocol => {
+                    "the upstream's answer failed or broke HTTP framing (a 408 included); its connection was ended"
+                }
+                _ => "the upstream could not be reached or failed",
+            });
             let response = refusal_response(
                 Refusal::BadGateway,
                 "upstream.failed",
