@@ -210,8 +210,8 @@ fn finish(response: Option<(u16, Vec<String>, Vec<u8>)>) -> Outcome {
 }
 
 /// Every request written at once, the answers back to back, read `chunk` bytes at a time.
-/// Returns each caller's outcome in order; a fault fails the caller being answered and every
-/// one behind it.
+/// Returns the outcomes of the callers answered before the reading stopped, in order: a
+/// fault, or the end of the stream, leaves the rest unanswered.
 pub fn pipelined(answers: &[(RequestKind, Vec<u8>)], chunk: usize) -> Vec<Outcome> {
     let mut wire = Wire::new();
     for (i, (_, answer)) in answers.iter().enumerate() {
@@ -260,6 +260,5 @@ pub fn pipelined(answers: &[(RequestKind, Vec<u8>)], chunk: usize) -> Vec<Outcom
             Event::Fault(_) => break,
         }
     }
-    outcomes.resize(answers.len(), Outcome::Failed);
     outcomes
 }

@@ -392,6 +392,7 @@ proptest! {
             })
             .collect();
         let outcomes = pipelined(&answers, chunk);
+        prop_assert_eq!(outcomes.len(), n, "{:?}", outcomes);
         for (i, ((head, shape, split), outcome)) in shapes.iter().zip(&outcomes).enumerate() {
             let Outcome::Response { headers, body, .. } = outcome else {
                 panic!("request {i} failed: {outcomes:?}");
