@@ -146,8 +146,11 @@ fn decide_bucket(
     };
     match config.class {
         BucketClass::Raw => {
-            // What an exception is matched against: the object, or what a listing names.
-            let key = req.key.or(req.list_prefix).unwrap_or("");
+            // What an exception is matched against: the object, or what a listing names. A
+            // `prefix` parameter on any other bucket-level request (`DeleteObjects`, whose
+            // keys are in its body) names nothing and must not make it look like one.
+            let listed = req.list_prefix.filter(|_| req.access == S3Access::List);
+            let key = req.key.or(listed).unwrap_or("");
             let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
             match exceptions.covering(
                 super::ExceptionKind::RawBucket,

@@ -261,3 +261,49 @@ fn tenants_are_denied_everywhere() {
         (Effect::Deny, "principal.denied_group")
     );
 }
+
+/// An exception for everything under `landing/` of the raw bucket, whatever the operation:
+/// what the policy hands the exceptions is all that bounds it.
+struct LandingOnly;
+
+impl crate::policy::Exceptions for LandingOnly {
+    fn covering(
+        &self,
+        _: crate::policy::ExceptionKind,
+        _: &Principal,
+        _: &str,
+        _: &Action,
+        asset: Option<&Asset>,
+    ) -> Option<String> {
+        asset
+            .is_some_and(|a| a.path.starts_with("s3://buk-raw/landing/"))
+            .then(|| "EXC-1".to_owned())
+    }
+}
+
+#[test]
+fn only_a_listing_is_matched_by_its_prefix_parameter() {
+    let p = sp("sp-aiml-lab");
+    let list = buckets();
+    let decide_with = |r: &BucketRequest<'_>| {
+        let d = decide(
+            &rules(),
+            &p,
+            Some("prod-analytics"),
+            &Buckets { list: &list },
+            r,
+            &LandingOnly,
+        );
+        (d.effect, d.exception)
+    };
+    let mut listing = req(&LIST, S3Access::List, "buk-raw");
+    listing.key = None;
+    listing.list_prefix = Some("landing/");
+    assert_eq!(decide_with(&listing), (Effect::Allow, Some("EXC-1".into())));
+    // `POST /buk-raw?delete&prefix=landing/`: the keys it deletes are in its body.
+    let delete_objects = Action::new("DeleteObjects", Category::Upload);
+    let mut batch = req(&delete_objects, S3Access::WriteData, "buk-raw");
+    batch.key = None;
+    batch.list_prefix = Some("landing/");
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+}

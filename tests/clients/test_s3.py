@@ -110,7 +110,8 @@ def keys() -> Dict[str, AccessKey]:
 def s3_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
                 minter: TokenMinter, moto: MotoServer, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
     with s3harness.gateways_http_and_tls(tmp_path_factory, "s3", binary=gateway_binary, certs=certs,
-                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys) as gws:
+                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys,
+                                         exceptions=True) as gws:
         yield gws
 
 
@@ -633,6 +634,53 @@ def test_temporary_credentials_of_no_configured_key_are_denied(boto, up: MotoSer
     assert_boto_denied(err)
     assert_nothing_upstream(up)
     expect_deny(trail, "PutObject", LAB, f"{uid}/t.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# The raw bucket under an approved exception
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_copies_a_raw_object_under_a_read_only_exception(aws: AwsCli, gw: Gateway, ca: Path, up: MotoServer,
+                                                             trail: Trail, keys, minter: TokenMinter,
+                                                             gateway_binary: Path, tmp_path: Path) -> None:
+    """`aws s3 cp s3://raw/landing/… .` under an approved `--ops read` exception, requested and
+    approved with `gatehouse exceptions`: the CLI's first call, HeadObject, is let through as
+    well as its GetObject. `read` is neither `list` nor another prefix."""
+    lab = keys["lab"]
+    key = "landing/2026/11/27/part-0000.csv"
+    cp = ["s3", "cp", f"s3://{RAW}/{key}", "./part.csv"]
+    assert_cli_head_denied(aws.run(cp, lab, cwd=tmp_path))
+
+    workflow = s3harness.ExceptionsCli(gateway_binary, gw, ca, tmp_path / "approver-home")
+    res = workflow.run(minter.mint("alice@bank.example"), "request", "--kind", "raw-bucket",
+                       "--subject", str(lab.principal), "--bucket", RAW, "--prefix", "landing/", "--ops", "read",
+                       "--reason", "reconcile the landing feed", "--ticket", "CHG-14", "--duration", "1h")
+    assert res.returncode == 0, res.stderr
+    exception = res.stdout.strip().splitlines()[-1]
+    approvers = [minter.mint(who, groups=[s3harness.EXCEPTION_APPROVERS])
+                 for who in ("carol@bank.example", "erin@bank.example")]
+    try:
+        for approver in approvers:  # raw data needs two
+            res = workflow.run(approver, "approve", exception, "--comment", "checked with the data owner")
+            assert res.returncode == 0, res.stderr
+        up.reset_recording()
+        res = aws.run(cp, lab, cwd=tmp_path)
+        assert res.returncode == 0, str(res)
+        assert (tmp_path / "part.csv").read_bytes() == b"raw\n"
+        assert [(r.method, r.raw_path) for r in up.records()] == [("HEAD", f"/{RAW}/{key}"), ("GET", f"/{RAW}/{key}")], \
+            summarize_upstream(up.records())
+        for operation in ("HeadObject", "GetObject"):
+            (rec,) = expect_allow(trail, operation, RAW, key, lab)
+            assert dig(rec, "decision.exception") == exception, s3_summary([rec])
+
+        up.reset_recording()
+        assert_cli_access_denied(aws.run(["s3", "ls", f"s3://{RAW}/landing/"], lab), "ListObjectsV2")
+        assert_cli_head_denied(aws.run(["s3", "cp", f"s3://{RAW}/x", "./x"], lab, cwd=tmp_path))
+        assert_nothing_upstream(up)
+        assert not (tmp_path / "x").exists()
+    finally:
+        res = workflow.run(approvers[0], "revoke", exception, "--comment", "feed reconciled")
+        assert res.returncode == 0, res.stderr
 
 
 # ---------------------------------------------------------------------------------------------
