@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::s3::{request, s3_harness, send, sigv4, LAB_KEY, PROD_KEY};
+use common::s3::{
+    request, s3_harness, s3_harness_from, s3_options, send, sigv4, LAB_KEY, PROD_KEY,
+};
 
 #[tokio::test]
 async fn what_the_signature_covers_reaches_the_upstream_unchanged() {
@@ -119,7 +121,7 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         ),
         (
             request(&h, "GET", "/buk-aiml-lab/x", "AKIAUNKNOWNKEY00001", "", ""),
-            "identity.s3_unknown_caller",
+            "identity.s3_unknown_key",
         ),
     ];
     for (raw, rule) in cases {
@@ -342,4 +344,136 @@ async fn expect_continue_waits_for_the_upstream() {
     .await;
     assert!(rest.contains("HTTP/1.1 200"), "{rest}");
     assert!(rest.contains("\"received_bytes\":5"), "{rest}");
+}
+
+/// A key of the `compute` workspace, whose network is loopback (where the tests' requests come
+/// from), and one of `remote`, whose network is elsewhere; both may use `buk-compute-lab`.
+const COMPUTE_KEY: &str = "AKIACOMPUTEEXAMPLE01";
+const REMOTE_KEY: &str = "AKIAREMOTEEXAMPLE001";
+
+async fn networks_harness() -> common::Harness {
+    s3_harness_from(
+        |standin| {
+            s3_options(
+                standin,
+                &format!(
+                    r#"
+[[bucket]]
+name = "buk-compute-lab"
+class = "lab"
+workspaces = ["compute", "remote"]
+retention_days = 30
+
+[[workspace]]
+name = "compute"
+hosts = ["compute.dbx.test"]
+upstream = "{standin}"
+humans = "deny"
+source_cidrs = ["127.0.0.0/8"]
+
+[[workspace]]
+name = "remote"
+hosts = ["remote.dbx.test"]
+upstream = "{standin}"
+humans = "deny"
+source_cidrs = ["192.0.2.0/24"]
+
+[[s3.access_key]]
+id = "{COMPUTE_KEY}"
+principal = "sp-compute"
+principal_type = "service_principal"
+workspace = "compute"
+
+[[s3.access_key]]
+id = "{REMOTE_KEY}"
+principal = "sp-remote"
+principal_type = "service_principal"
+workspace = "remote"
+"#
+                ),
+            )
+        },
+        |_| {},
+    )
+    .await
+}
+
+/// Attribution from the client's side of the socket (loopback, inside `compute`'s network):
+/// a mapped key only from its workspace's networks, an unmapped key only when it is a
+/// temporary credential. Refusals are S3's XML, recorded, and reach nothing upstream.
+#[tokio::test]
+async fn attribution_holds_keys_to_their_networks_and_networks_to_temporary_credentials() {
+    let h = networks_harness().await;
+    let get = |key: &str, extra: &str| request(&h, "GET", "/buk-compute-lab/x", key, extra, "");
+    let token = "x-amz-security-token: FwoGZXIvYXdzEXAMPLETOKEN\r\n";
+    let refused = [
+        // Reading the lab bucket with the remote workspace's key from here is a download.
+        (get(REMOTE_KEY, ""), "identity.s3_wrong_network"),
+        // An unmapped long-term key on the compute's network is someone's own key.
+        (get("AKIAUNKNOWNEXAMPLE01", ""), "identity.s3_unknown_key"),
+        (get("AKIAUNKNOWNEXAMPLE01", token), "identity.s3_unknown_key"),
+        (get("ASIAUNKNOWNEXAMPLE01", ""), "identity.s3_unknown_key"),
+        (
+            format!("GET /buk-compute-lab/x?AWSAccessKeyId=AKIAUNKNOWNEXAMPLE01&Signature=abc%3D&Expires=1800000000 HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", h.port),
+            "identity.s3_unknown_key",
+        ),
+        // No credential: nothing to attribute by network either.
+        (
+            format!("GET /buk-compute-lab/x HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", h.port),
+            "identity.s3_unknown_caller",
+        ),
+    ];
+    for (raw, rule) in &refused {
+        let answer = send(&h, raw.clone()).await;
+        let line = raw.lines().next().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 403"), "{line}\n=> {answer}");
+        assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
+        assert!(
+            answer.contains(&format!("(rule {rule})")),
+            "{rule} in {answer}"
+        );
+        assert!(answer.contains("<RequestId>"), "{answer}");
+    }
+    assert!(
+        h.standin.seen().is_empty(),
+        "{:?}",
+        h.standin
+            .seen()
+            .iter()
+            .map(|s| &s.headers["authorization"])
+            .collect::<Vec<_>>()
+    );
+    let trail = h.trail();
+    let denied: Vec<&str> = trail
+        .iter()
+        .filter(|r| r["phase"] == "decision" && r["decision"]["effect"] == "deny")
+        .filter_map(|r| r["decision"]["rule"].as_str())
+        .collect();
+    let wanted: Vec<&str> = refused.iter().map(|(_, rule)| *rule).collect();
+    assert_eq!(denied, wanted, "each refusal is recorded");
+    let wrong = trail
+        .iter()
+        .find(|r| r["decision"]["rule"] == "identity.s3_wrong_network")
+        .unwrap();
+    assert_eq!(wrong["credential"]["access_key"], REMOTE_KEY);
+    assert_eq!(wrong["asset"]["bucket"], "buk-compute-lab");
+
+    // Let through: the compute's own key, and its temporary credentials by network.
+    for (key, extra, principal) in [
+        (COMPUTE_KEY, "", "sp-compute"),
+        ("ASIAUNKNOWNEXAMPLE01", token, "compute:compute"),
+    ] {
+        let before = h.standin.seen().len();
+        let answer = send(&h, get(key, extra)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{key}: {answer}");
+        assert_eq!(h.standin.seen().len(), before + 1);
+        let allowed = h
+            .trail()
+            .into_iter()
+            .filter(|r| r["phase"] == "decision" && r["decision"]["effect"] == "allow")
+            .last()
+            .unwrap();
+        assert_eq!(allowed["principal"]["id"], principal);
+        assert_eq!(allowed["workspace"], "compute");
+    }
 }

@@ -112,6 +112,8 @@ pub struct AccessKeyClaim {
     pub scheme: SigScheme,
     /// STS credentials: a security token is present (header or query), or the id is `ASIA…`.
     pub temporary: bool,
+    /// A security token is present (`x-amz-security-token` header or query parameter).
+    pub session_token: bool,
 }
 
 /// Configured S3 endpoints: exact names (path style), `*.suffix` patterns (virtual-hosted,
@@ -738,12 +740,12 @@ pub fn access_key(
     if !is_key_id(&id) {
         return Err(CredentialError::Malformed);
     }
-    let temporary =
-        presigned.token || headers.contains_key(&SECURITY_TOKEN) || id.starts_with("ASIA");
+    let session_token = presigned.token || headers.contains_key(&SECURITY_TOKEN);
     Ok(Some(AccessKeyClaim {
+        temporary: session_token || id.starts_with("ASIA"),
         id: id.into_owned(),
         scheme,
-        temporary,
+        session_token,
     }))
 }
 

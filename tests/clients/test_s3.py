@@ -684,6 +684,52 @@ def test_cli_copies_a_raw_object_under_a_read_only_exception(aws: AwsCli, gw: Ga
 
 
 # ---------------------------------------------------------------------------------------------
+# Attribution with workspace networks
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def networked_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
+                       minter: TokenMinter, moto: MotoServer, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
+    """The module's configuration with networks for the workspaces: the clients here (loopback)
+    are on prod-analytics' compute network, and never on prod's."""
+    with s3harness.gateways_http_and_tls(tmp_path_factory, "s3-networks", binary=gateway_binary, certs=certs,
+                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys,
+                                         source_cidrs={"prod-analytics": ["127.0.0.0/8"],
+                                                       "prod": ["192.0.2.0/24"]}) as gws:
+        yield gws
+
+
+def test_boto3_attribution_by_key_and_network(networked_gateways: Dict[str, Gateway], transport: str, ca: Path,
+                                              up: MotoServer, keys, uid: str, s3_process_env: Path) -> None:
+    """From prod-analytics' network: its own key and its compute's temporary credentials (an
+    STS key with a session token, as an instance profile gives) are let in; an unmapped
+    long-term key is refused, not taken for the compute; prod's key, which may read the
+    production output, is refused here (reading it from a laptop is a download)."""
+    gw = networked_gateways[transport]
+    trail = Trail(gw)
+    client = lambda key: s3_client(gw.url, key, ca)  # noqa: E731
+    client(keys["lab"]).put_object(Bucket=LAB, Key=f"{uid}/own.txt", Body=b"own")
+    client(keys["temp"]).put_object(Bucket=LAB, Key=f"{uid}/temp.txt", Body=b"temp")
+    assert [r.method for r in up.records()] == ["PUT", "PUT"], summarize_upstream(up.records())
+    expect_allow(trail, "PutObject", LAB, f"{uid}/own.txt", keys["lab"])
+    (rec,) = expect_allow(trail, "PutObject", LAB, f"{uid}/temp.txt")
+    assert (dig(rec, "principal.id"), dig(rec, "principal.auth"), rec.get("workspace")) == \
+        ("compute:prod-analytics", "network", "prod-analytics"), s3_summary([rec])
+
+    up.reset_recording()
+    for key, bucket, obj, rule in (
+        (keys["unknown"], LAB, f"{uid}/own.txt", "identity.s3_unknown_key"),
+        (keys["prod"], PROD_OUT, "scores/latest.json", "identity.s3_wrong_network"),
+    ):
+        err = client_error(lambda: client(key).get_object(Bucket=bucket, Key=obj))
+        assert_boto_denied(err)
+        assert f"(rule {rule})" in err["message"], err
+        assert_nothing_upstream(up)
+        rec = expect_deny(trail, "GetObject", bucket, obj, rule_prefix=rule)
+        assert dig(rec, "credential.access_key") == key.id, s3_summary([rec])
+
+
+# ---------------------------------------------------------------------------------------------
 # The trail: S3 operation names, and no signature or secret
 # ---------------------------------------------------------------------------------------------
 
