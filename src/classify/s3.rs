@@ -85,6 +85,10 @@ pub struct S3Classification {
     pub copy_source: Option<CopySource>,
     /// The query carries a presigned credential or signature (SigV4 or SigV2).
     pub presigned: bool,
+    /// The request carries Object Lock headers (`x-amz-object-lock-mode`,
+    /// `-retain-until-date`, `-legal-hold`, `x-amz-bucket-object-lock-enabled`, …): whatever
+    /// the operation, it may lock what it writes against deletion.
+    pub object_lock: bool,
 }
 
 /// How a request carries its access key id.
@@ -702,6 +706,10 @@ pub fn classify(
         key: target.key.clone(),
         copy_source,
         presigned: scan.presigned,
+        object_lock: headers.keys().any(|name| {
+            let name = name.as_str();
+            name.starts_with("x-amz-object-lock") || name.starts_with("x-amz-bucket-object-lock")
+        }),
     })
 }
 

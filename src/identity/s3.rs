@@ -231,27 +231,22 @@ mod tests {
     }
 
     /// `Ok(principal id, workspace)` or the rule id.
-    fn attribute(
-        key: Option<KeyClaim<'_>>,
-        client: &str,
-    ) -> Result<(String, Option<String>), &'static str> {
+    type Outcome = Result<(String, Option<String>), &'static str>;
+
+    fn attribute(key: Option<KeyClaim<'_>>, client: &str) -> Outcome {
         callers()
             .attribute(key, client.parse().unwrap())
             .map(|c| (c.principal.id, c.workspace))
             .map_err(|e| e.rule())
     }
 
-    fn ok(principal: &str, workspace: &str) -> Result<(String, Option<String>), &'static str> {
+    fn ok(principal: &str, workspace: &str) -> Outcome {
         Ok((principal.to_owned(), Some(workspace.to_owned())))
     }
 
     #[test]
     fn the_attribution_table() {
-        let cases: &[(
-            Option<KeyClaim>,
-            &str,
-            Result<(String, Option<String>), &str>,
-        )] = &[
+        let cases: &[(Option<KeyClaim>, &str, Outcome)] = &[
             // A mapped key, from its workspace's network only.
             (
                 key(LAB_KEY),

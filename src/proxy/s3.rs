@@ -228,6 +228,7 @@ async fn decide_and_forward(
         copy_source,
         config_body,
         list_prefix: list_prefix.as_deref(),
+        object_lock: class.object_lock,
     };
     let Some(principal) = x.principal.clone() else {
         return x

@@ -566,8 +566,10 @@ def seed(moto: MotoServer) -> None:
 
 
 def lifecycle(days: int, rule_id: str = "expire-lab") -> Dict[str, Any]:
+    """One rule for the whole bucket expiring current objects and noncurrent versions after
+    `days`: what a lab bucket's retention asks for."""
     return {"Rules": [{"ID": rule_id, "Status": "Enabled", "Filter": {"Prefix": ""},
-                       "Expiration": {"Days": days}}]}
+                       "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": days}}]}
 
 
 def lifecycle_days(moto: MotoServer, bucket: str) -> List[int]:

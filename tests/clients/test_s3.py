@@ -512,6 +512,10 @@ DENIED_CLI: Dict[str, Any] = {
                              "DeleteBucketLifecycle", LAB, None, "AccessDenied"),
     "prod-output-put-with-lab-key": ("lab", lambda u: ["s3", "cp", "./payload.json", f"s3://{PROD_OUT}/{u}.json"],
                                      "PutObject", PROD_OUT, "{u}.json", "AccessDenied"),
+    "lab-put-object-locked": ("lab", lambda u: ["s3api", "put-object", "--bucket", LAB, "--key", f"{u}/locked",
+                                                "--body", "./payload.json", "--object-lock-mode", "COMPLIANCE",
+                                                "--object-lock-retain-until-date", "2099-01-01T00:00:00Z"],
+                              "PutObject", LAB, "{u}/locked", "AccessDenied"),
     "unknown-key-lab-ls": ("unknown", lambda u: ["s3", "ls", f"s3://{LAB}/"], "ListObjectsV2", LAB, None,
                            "AccessDenied"),
     "unknown-bucket-ls": ("lab", lambda u: ["s3", "ls", f"s3://{UNLISTED}/"], "ListObjectsV2", UNLISTED, None,
@@ -521,7 +525,7 @@ DENIED_CLI: Dict[str, Any] = {
 }
 # Denials whose rule must come from the bucket rules (`buckets.…`).
 BUCKET_RULE_CASES = {"raw-cp-download", "raw-ls", "raw-cp-to-lab", "raw-get-object", "raw-copy-object-to-lab",
-                     "lab-delete-lifecycle", "prod-output-put-with-lab-key"}
+                     "lab-delete-lifecycle", "prod-output-put-with-lab-key", "lab-put-object-locked"}
 
 
 @pytest.mark.parametrize("case", list(DENIED_CLI))
@@ -543,6 +547,8 @@ def test_cli_denied(case: str, aws: AwsCli, up: MotoServer, trail: Trail, keys, 
         assert not object_exists(up, LAB, f"{uid}/x"), "the raw object was copied into the lab bucket"
     if case == "lab-delete-lifecycle":
         assert lifecycle_days(up, LAB) == [30], "the lab bucket's lifecycle changed"
+    if case == "lab-put-object-locked":
+        assert not object_exists(up, LAB, f"{uid}/locked"), "the locked object was written"
     for local in ("x", "y"):
         assert not (tmp_path / local).exists() or (tmp_path / local).stat().st_size == 0, \
             f"the denied download wrote {local}"
@@ -571,8 +577,9 @@ def test_raw_presigned_get_denied(sig: str, aws: AwsCli, boto, ca: Path, up: Mot
 
 
 def test_lab_lifecycle_and_versioning_rules(boto, up: MotoServer, trail: Trail, keys) -> None:
-    """Retention: a lifecycle that keeps objects longer than retention_days is denied, one
-    within it is forwarded; versioning cannot be suspended."""
+    """Retention: a lifecycle that keeps objects longer than retention_days, or expires only
+    part of the bucket or only its current objects, is denied; one expiring every object and
+    every noncurrent version within it is forwarded; versioning cannot be suspended."""
     lab = keys["lab"]
     c = boto(lab)
     try:
@@ -581,6 +588,18 @@ def test_lab_lifecycle_and_versioning_rules(boto, up: MotoServer, trail: Trail, 
         assert_boto_denied(err)
         assert_nothing_upstream(up)
         expect_deny(trail, "PutBucketLifecycleConfiguration", LAB, None, lab, rule_prefix="buckets.")
+        assert lifecycle_days(up, LAB) == [30]
+
+        # Within the retention, but for part of the bucket only, or for current objects only.
+        partial = lifecycle(30, "tmp-only")
+        partial["Rules"][0]["Filter"] = {"Prefix": "tmp/"}
+        current_only = lifecycle(30, "current-only")
+        del current_only["Rules"][0]["NoncurrentVersionExpiration"]
+        for config in (partial, current_only):
+            err = client_error(lambda: c.put_bucket_lifecycle_configuration(Bucket=LAB, LifecycleConfiguration=config))
+            assert_boto_denied(err)
+            assert "(rule buckets.lab_retention)" in err["message"], err
+            assert_nothing_upstream(up)
         assert lifecycle_days(up, LAB) == [30]
 
         err = client_error(lambda: c.put_bucket_versioning(Bucket=LAB,
