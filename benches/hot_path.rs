@@ -176,6 +176,7 @@ fn s3_classify_and_decide(c: &mut Criterion) {
                     copy_source: None,
                     config_body: None,
                     list_prefix: None,
+                    object_lock: class.object_lock,
                 };
                 let d = decide_s3(
                     &rules,

@@ -4,7 +4,38 @@
 
 mod common;
 
-use common::s3::{request, s3_harness, send, sigv4, LAB_KEY, PROD_KEY};
+use common::s3::{
+    request, s3_harness, s3_harness_from, s3_options, send, sigv4, LAB_KEY, PROD_KEY,
+};
+
+/// Sends `raw` and asserts the gateway's own S3 denial: 403 `AccessDenied` naming `rule`, with
+/// a request id.
+async fn assert_denied(h: &common::Harness, raw: &str, rule: &str) {
+    let answer = send(h, raw.to_owned()).await;
+    let line = raw.lines().next().unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{line}\n=> {answer}");
+    assert!(
+        answer.contains("<Code>AccessDenied</Code>"),
+        "{line}\n=> {answer}"
+    );
+    assert!(
+        answer.contains(&format!("(rule {rule})")),
+        "{rule} for {line}\n=> {answer}"
+    );
+    assert!(answer.contains("<RequestId>"), "{answer}");
+}
+
+/// Asserts the stand-in upstream received nothing.
+fn assert_nothing_upstream(h: &common::Harness) {
+    let seen = h.standin.seen();
+    assert!(
+        seen.is_empty(),
+        "{:?}",
+        seen.iter()
+            .map(|s| format!("{} {} {:?}", s.method, s.path, s.query))
+            .collect::<Vec<_>>()
+    );
+}
 
 #[tokio::test]
 async fn what_the_signature_covers_reaches_the_upstream_unchanged() {
@@ -119,22 +150,11 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         ),
         (
             request(&h, "GET", "/buk-aiml-lab/x", "AKIAUNKNOWNKEY00001", "", ""),
-            "identity.s3_unknown_caller",
+            "identity.s3_unknown_key",
         ),
     ];
     for (raw, rule) in cases {
-        let answer = send(&h, raw.clone()).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 403"),
-            "{}\n=> {answer}",
-            raw.lines().next().unwrap()
-        );
-        assert!(answer.contains("<Code>AccessDenied</Code>"), "{answer}");
-        assert!(
-            answer.contains(&format!("(rule {rule})")),
-            "{rule} in {answer}"
-        );
-        assert!(answer.contains("<RequestId>"));
+        assert_denied(&h, &raw, rule).await;
     }
     // Presigned reads of the raw bucket, both signature versions.
     for query in [
@@ -145,11 +165,7 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         let answer = send(&h, raw).await;
         assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("buckets.raw_blocked"), "{answer}");
     }
-    assert!(
-        h.standin.seen().is_empty(),
-        "{:?}",
-        h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
-    );
+    assert_nothing_upstream(&h);
     let text = gatehouse::testing::trail_text(&h.fixture.audit_dir);
     assert!(!text.contains("X-Amz-Signature=abcdef") && !text.contains("abc%3D"));
 }
@@ -157,7 +173,7 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
 #[tokio::test]
 async fn allowed_bucket_operations_are_forwarded() {
     let h = s3_harness().await;
-    let lifecycle_30 = "<LifecycleConfiguration><Rule><ID>a</ID><Filter/><Status>Enabled</Status><Expiration><Days>30</Days></Expiration></Rule></LifecycleConfiguration>";
+    let lifecycle_30 = "<LifecycleConfiguration><Rule><ID>a</ID><Filter/><Status>Enabled</Status><Expiration><Days>30</Days></Expiration><NoncurrentVersionExpiration><NoncurrentDays>30</NoncurrentDays></NoncurrentVersionExpiration></Rule></LifecycleConfiguration>";
     for (raw, path) in [
         (
             request(
@@ -342,4 +358,193 @@ async fn expect_continue_waits_for_the_upstream() {
     .await;
     assert!(rest.contains("HTTP/1.1 200"), "{rest}");
     assert!(rest.contains("\"received_bytes\":5"), "{rest}");
+}
+
+/// A key of the `compute` workspace, whose network is loopback (where the tests' requests come
+/// from), and one of `remote`, whose network is elsewhere; both may use `buk-compute-lab`.
+const COMPUTE_KEY: &str = "AKIACOMPUTEEXAMPLE01";
+const REMOTE_KEY: &str = "AKIAREMOTEEXAMPLE001";
+
+async fn networks_harness() -> common::Harness {
+    s3_harness_from(
+        |standin| {
+            s3_options(
+                standin,
+                &format!(
+                    r#"
+[[bucket]]
+name = "buk-compute-lab"
+class = "lab"
+workspaces = ["compute", "remote"]
+retention_days = 30
+
+[[workspace]]
+name = "compute"
+hosts = ["compute.dbx.test"]
+upstream = "{standin}"
+humans = "deny"
+source_cidrs = ["127.0.0.0/8"]
+
+[[workspace]]
+name = "remote"
+hosts = ["remote.dbx.test"]
+upstream = "{standin}"
+humans = "deny"
+source_cidrs = ["192.0.2.0/24"]
+
+[[s3.access_key]]
+id = "{COMPUTE_KEY}"
+principal = "sp-compute"
+principal_type = "service_principal"
+workspace = "compute"
+
+[[s3.access_key]]
+id = "{REMOTE_KEY}"
+principal = "sp-remote"
+principal_type = "service_principal"
+workspace = "remote"
+"#
+                ),
+            )
+        },
+        |_| {},
+    )
+    .await
+}
+
+/// Attribution from the client's side of the socket (loopback, inside `compute`'s network):
+/// a mapped key only from its workspace's networks, an unmapped key only when it is a
+/// temporary credential. Refusals are S3's XML, recorded, and reach nothing upstream.
+#[tokio::test]
+async fn attribution_holds_keys_to_their_networks_and_networks_to_temporary_credentials() {
+    let h = networks_harness().await;
+    let get = |key: &str, extra: &str| request(&h, "GET", "/buk-compute-lab/x", key, extra, "");
+    let token = "x-amz-security-token: FwoGZXIvYXdzEXAMPLETOKEN\r\n";
+    let refused = [
+        // Reading the lab bucket with the remote workspace's key from here is a download.
+        (get(REMOTE_KEY, ""), "identity.s3_wrong_network"),
+        // An unmapped long-term key on the compute's network is someone's own key.
+        (get("AKIAUNKNOWNEXAMPLE01", ""), "identity.s3_unknown_key"),
+        (get("AKIAUNKNOWNEXAMPLE01", token), "identity.s3_unknown_key"),
+        (get("ASIAUNKNOWNEXAMPLE01", ""), "identity.s3_unknown_key"),
+        (
+            format!("GET /buk-compute-lab/x?AWSAccessKeyId=AKIAUNKNOWNEXAMPLE01&Signature=abc%3D&Expires=1800000000 HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", h.port),
+            "identity.s3_unknown_key",
+        ),
+        // No credential: nothing to attribute by network either.
+        (
+            format!("GET /buk-compute-lab/x HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", h.port),
+            "identity.s3_unknown_caller",
+        ),
+    ];
+    for (raw, rule) in &refused {
+        assert_denied(&h, raw, rule).await;
+    }
+    assert_nothing_upstream(&h);
+    let trail = h.trail();
+    let denied: Vec<&str> = trail
+        .iter()
+        .filter(|r| r["phase"] == "decision" && r["decision"]["effect"] == "deny")
+        .filter_map(|r| r["decision"]["rule"].as_str())
+        .collect();
+    let wanted: Vec<&str> = refused.iter().map(|(_, rule)| *rule).collect();
+    assert_eq!(denied, wanted, "each refusal is recorded");
+    let wrong = trail
+        .iter()
+        .find(|r| r["decision"]["rule"] == "identity.s3_wrong_network")
+        .unwrap();
+    assert_eq!(wrong["credential"]["access_key"], REMOTE_KEY);
+    assert_eq!(wrong["asset"]["bucket"], "buk-compute-lab");
+
+    // Let through: the compute's own key, and its temporary credentials by network.
+    for (key, extra, principal) in [
+        (COMPUTE_KEY, "", "sp-compute"),
+        ("ASIAUNKNOWNEXAMPLE01", token, "compute:compute"),
+    ] {
+        let before = h.standin.seen().len();
+        let answer = send(&h, get(key, extra)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{key}: {answer}");
+        assert_eq!(h.standin.seen().len(), before + 1);
+        let allowed = h
+            .trail()
+            .into_iter()
+            .rfind(|r| r["phase"] == "decision" && r["decision"]["effect"] == "allow")
+            .unwrap();
+        assert_eq!(allowed["principal"]["id"], principal);
+        assert_eq!(allowed["workspace"], "compute");
+    }
+}
+
+/// The lab bucket's retention: a lifecycle must expire every object and every noncurrent
+/// version within it, read the way S3 reads it; nothing may lock objects against deletion.
+/// Each refusal is S3's XML, recorded, and nothing reaches the upstream.
+#[tokio::test]
+async fn the_lab_retention_holds_against_partial_lifecycles_hostile_xml_and_object_lock() {
+    let h = s3_harness().await;
+    let lifecycle = |rules: &str| {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><LifecycleConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{rules}</LifecycleConfiguration>"#
+        )
+    };
+    let rule = |filter: &str, days: &str| {
+        format!("<Rule><ID>r</ID>{filter}<Status>Enabled</Status><Expiration><Days>{days}</Days></Expiration><NoncurrentVersionExpiration><NoncurrentDays>30</NoncurrentDays></NoncurrentVersionExpiration></Rule>")
+    };
+    let all = "<Filter><Prefix></Prefix></Filter>";
+    let put_lifecycle =
+        |body: String| request(&h, "PUT", "/buk-aiml-lab?lifecycle", LAB_KEY, "", &body);
+    let put = |target: &str, headers: &str| request(&h, "PUT", target, LAB_KEY, headers, "x");
+    let denied = [
+        // Only part of the bucket expires.
+        put_lifecycle(lifecycle(&rule("<Filter><Prefix>tmp/</Prefix></Filter>", "30"))),
+        // Current objects expire, overwritten and deleted versions are kept.
+        put_lifecycle(lifecycle("<Rule><ID>r</ID><Filter/><Status>Enabled</Status><Expiration><Days>30</Days></Expiration></Rule>")),
+        // 365 to S3, 5 to a reader that keeps the last piece of the text.
+        put_lifecycle(lifecycle(&rule(all, "36<!-- -->5"))),
+        put_lifecycle(lifecycle(&rule(all, "<![CDATA[30]]>"))),
+        put_lifecycle(lifecycle(&rule(all, "30</Days><Days>3650"))),
+        put_lifecycle(lifecycle(&rule("<Filter><And></And></Filter>", "30"))),
+        put_lifecycle(lifecycle(&rule(all, "0"))),
+        put_lifecycle(lifecycle(&rule(all, "30")).replace("Enabled", "Disabled")),
+        // Object Lock: the bucket default, an object's retention or legal hold, and writes
+        // that set a lock on what they create.
+        request(&h, "PUT", "/buk-aiml-lab?object-lock", LAB_KEY, "", "<ObjectLockConfiguration/>"),
+        request(&h, "PUT", "/buk-aiml-lab/x?retention", LAB_KEY, "", "<Retention/>"),
+        request(&h, "PUT", "/buk-aiml-lab/x?legal-hold", LAB_KEY, "", "<LegalHold/>"),
+        put("/buk-aiml-lab/x", "x-amz-object-lock-mode: COMPLIANCE\r\nx-amz-object-lock-retain-until-date: 2099-01-01T00:00:00Z\r\n"),
+        put("/buk-aiml-lab/x", "x-amz-object-lock-legal-hold: ON\r\n"),
+        put("/buk-aiml-lab/x", "x-amz-copy-source: buk-aiml-lab/y\r\nx-amz-object-lock-mode: GOVERNANCE\r\n"),
+        request(&h, "POST", "/buk-aiml-lab/x?uploads", LAB_KEY, "x-amz-object-lock-mode: COMPLIANCE\r\n", ""),
+    ];
+    for raw in &denied {
+        assert_denied(&h, raw, "buckets.lab_retention").await;
+    }
+    // Creating the lab bucket is the platform's, and with Object Lock on it is a lock.
+    let create = request(
+        &h,
+        "PUT",
+        "/buk-aiml-lab",
+        LAB_KEY,
+        "x-amz-bucket-object-lock-enabled: true\r\n",
+        "",
+    );
+    assert_denied(&h, &create, "buckets.lab_retention").await;
+    assert_nothing_upstream(&h);
+    let recorded = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "decision" && r["decision"]["effect"] == "deny")
+        .count();
+    assert_eq!(recorded, denied.len() + 1, "every refusal is recorded");
+
+    // What covers the whole bucket, with filtered rules beside it, goes through unchanged.
+    let body = lifecycle(&format!(
+        "{}{}",
+        rule(all, "30"),
+        rule("<Filter><Prefix>keep/</Prefix></Filter>", "3650")
+    ));
+    let answer = send(&h, put_lifecycle(body.clone())).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = h.standin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body_len, body.len());
 }

@@ -85,6 +85,10 @@ pub struct S3Classification {
     pub copy_source: Option<CopySource>,
     /// The query carries a presigned credential or signature (SigV4 or SigV2).
     pub presigned: bool,
+    /// The request carries Object Lock headers (`x-amz-object-lock-mode`,
+    /// `-retain-until-date`, `-legal-hold`, `x-amz-bucket-object-lock-enabled`, …): whatever
+    /// the operation, it may lock what it writes against deletion.
+    pub object_lock: bool,
 }
 
 /// How a request carries its access key id.
@@ -112,6 +116,8 @@ pub struct AccessKeyClaim {
     pub scheme: SigScheme,
     /// STS credentials: a security token is present (header or query), or the id is `ASIA…`.
     pub temporary: bool,
+    /// A security token is present (`x-amz-security-token` header or query parameter).
+    pub session_token: bool,
 }
 
 /// Configured S3 endpoints: exact names (path style), `*.suffix` patterns (virtual-hosted,
@@ -700,6 +706,10 @@ pub fn classify(
         key: target.key.clone(),
         copy_source,
         presigned: scan.presigned,
+        object_lock: headers.keys().any(|name| {
+            let name = name.as_str();
+            name.starts_with("x-amz-object-lock") || name.starts_with("x-amz-bucket-object-lock")
+        }),
     })
 }
 
@@ -738,12 +748,12 @@ pub fn access_key(
     if !is_key_id(&id) {
         return Err(CredentialError::Malformed);
     }
-    let temporary =
-        presigned.token || headers.contains_key(&SECURITY_TOKEN) || id.starts_with("ASIA");
+    let session_token = presigned.token || headers.contains_key(&SECURITY_TOKEN);
     Ok(Some(AccessKeyClaim {
+        temporary: session_token || id.starts_with("ASIA"),
         id: id.into_owned(),
         scheme,
-        temporary,
+        session_token,
     }))
 }
 

@@ -1,9 +1,20 @@
-//! Bounded inspection of the S3 bucket-configuration bodies the bucket rules depend on:
-//! lifecycle rules (the lab's retention may not be lengthened or removed) and versioning
-//! (it may not be suspended). Pure: bytes in, verdict out. Anything unusual — a DTD, entity
-//! references, an unreadable number — is a `Malformed` verdict, which the policy denies.
+//! Bounded inspection of the S3 bucket-configuration bodies the bucket rules depend on: the
+//! lifecycle (every object of a lab bucket must expire within its retention) and versioning
+//! (it may not be suspended). Pure: bytes in, verdict out.
+//!
+//! The gateway and S3 must read a body the same way, or a configuration the gateway passes
+//! could mean something else to S3. So the reader accepts only the plain XML the SDKs and
+//! the AWS CLI produce, against the operation's schema, and calls anything else `Malformed`
+//! (which the policy denies): a DTD, entity or character references, CDATA, comments or
+//! processing instructions (each can split or hide a value: `<Days>3<!---->0</Days>` is 30 to
+//! S3 and 3 or 0 to a naive reader), attributes other than the S3 namespace on the root,
+//! namespace prefixes (`<s3:Days>`, which a namespace-aware parser may place elsewhere), an
+//! element the schema does not have, a single-valued element given twice (first or last
+//! wins, depending on the parser), text beside child elements, and numbers that are not
+//! plain positive decimals. Text is compared as sent, spaces included (`<Status> Enabled`
+//! is not enabled, `<Prefix> </Prefix>` is a prefix).
 
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 /// What a bucket-configuration body says, as far as the rules care.
@@ -17,139 +28,343 @@ pub enum ConfigVerdict {
     Malformed(&'static str),
 }
 
-/// One `<Rule>` of a lifecycle configuration, as far as retention goes.
-#[derive(Default)]
-struct Rule {
-    enabled: bool,
-    expiration_days: Option<u64>,
-    expiration_date: bool,
+/// The only namespace S3 configuration documents use.
+const S3_NAMESPACE: &[u8] = b"http://s3.amazonaws.com/doc/2006-03-01/";
+
+/// More elements than 1,000 rules (S3's limit) could need: the rest is not read.
+const MAX_ELEMENTS: usize = 32 * 1024;
+
+/// A document's schema: for each element that has children, the children it may have and
+/// whether each may repeat. An element not listed as a parent holds text only.
+type Schema = &'static [(&'static str, &'static [(&'static str, bool)])];
+
+/// `PutBucketLifecycleConfiguration` (`LifecycleConfiguration`, S3 API reference).
+const LIFECYCLE: Schema = &[
+    ("LifecycleConfiguration", &[("Rule", true)]),
+    (
+        "Rule",
+        &[
+            ("ID", false),
+            ("Prefix", false),
+            ("Filter", false),
+            ("Status", false),
+            ("Expiration", false),
+            ("Transition", true),
+            ("NoncurrentVersionTransition", true),
+            ("NoncurrentVersionExpiration", false),
+            ("AbortIncompleteMultipartUpload", false),
+        ],
+    ),
+    (
+        "Filter",
+        &[
+            ("Prefix", false),
+            ("Tag", false),
+            ("ObjectSizeGreaterThan", false),
+            ("ObjectSizeLessThan", false),
+            ("And", false),
+        ],
+    ),
+    (
+        "And",
+        &[
+            ("Prefix", false),
+            ("Tag", true),
+            ("ObjectSizeGreaterThan", false),
+            ("ObjectSizeLessThan", false),
+        ],
+    ),
+    ("Tag", &[("Key", false), ("Value", false)]),
+    (
+        "Expiration",
+        &[
+            ("Days", false),
+            ("Date", false),
+            ("ExpiredObjectDeleteMarker", false),
+        ],
+    ),
+    (
+        "Transition",
+        &[("Days", false), ("Date", false), ("StorageClass", false)],
+    ),
+    (
+        "NoncurrentVersionTransition",
+        &[
+            ("NoncurrentDays", false),
+            ("NewerNoncurrentVersions", false),
+            ("StorageClass", false),
+        ],
+    ),
+    (
+        "NoncurrentVersionExpiration",
+        &[
+            ("NoncurrentDays", false),
+            ("NewerNoncurrentVersions", false),
+        ],
+    ),
+    (
+        "AbortIncompleteMultipartUpload",
+        &[("DaysAfterInitiation", false)],
+    ),
+];
+
+/// `PutBucketVersioning` (`VersioningConfiguration`).
+const VERSIONING: Schema = &[(
+    "VersioningConfiguration",
+    &[("Status", false), ("MfaDelete", false)],
+)];
+
+/// One element of a configuration document: its local name, and its text or its children.
+#[derive(Debug, Default)]
+struct Element {
+    name: &'static str,
+    text: String,
+    children: Vec<Element>,
 }
 
-/// `PutBucketLifecycleConfiguration`: every rule must be enabled and expire current objects
-/// within `retention_days` (an `<Expiration><Days>` no larger than it).
+impl Element {
+    fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.child(name).is_some()
+    }
+}
+
+/// Reads `body` as a document of `schema` whose root is `root`; `Err` with the reason when it
+/// is anything but plain XML of that shape.
+fn parse(body: &[u8], schema: Schema, root: &'static str) -> Result<Element, &'static str> {
+    let mut reader = Reader::from_reader(body);
+    let mut open: Vec<Element> = Vec::new();
+    let mut done: Option<Element> = None;
+    let mut elements = 0usize;
+    loop {
+        let (start, empty) = match reader.read_event() {
+            Ok(Event::Start(e)) => (e, false),
+            Ok(Event::Empty(e)) => (e, true),
+            Ok(Event::End(_)) => {
+                let closed = open.pop().ok_or("the XML is not well-formed")?;
+                match open.last_mut() {
+                    Some(parent) => parent.children.push(closed),
+                    None => done = Some(closed),
+                }
+                continue;
+            }
+            Ok(Event::Text(t)) => {
+                let text = t.decode().map_err(|_| "the XML text is not UTF-8")?;
+                match open.last_mut() {
+                    // Kept whole, spaces included: `<Prefix> </Prefix>` is not an empty prefix.
+                    Some(e) if !is_parent(schema, e.name) => e.text.push_str(&text),
+                    // Indentation between elements.
+                    _ if text.trim().is_empty() => {}
+                    _ => return Err("the XML has text outside the elements that hold text"),
+                }
+                continue;
+            }
+            Ok(Event::Decl(_)) if open.is_empty() && done.is_none() && elements == 0 => continue,
+            Ok(Event::Eof) => break,
+            Ok(_) => {
+                return Err(
+                    "the XML uses constructs an S3 configuration never needs (DTD, entity references, CDATA, comments)",
+                )
+            }
+            Err(_) => return Err("the XML is not well-formed"),
+        };
+        elements += 1;
+        if elements > MAX_ELEMENTS {
+            return Err("the XML has too many elements");
+        }
+        let element = match open.last() {
+            None if done.is_some() => return Err("the XML has more than one root element"),
+            None => {
+                check_attributes(&start, true)?;
+                if start.name().as_ref() != root.as_bytes() {
+                    return Err("the XML's root element is not the configuration's");
+                }
+                Element {
+                    name: root,
+                    ..Element::default()
+                }
+            }
+            Some(parent) => {
+                check_attributes(&start, false)?;
+                let name = child_of(schema, parent, start.name().as_ref())?;
+                Element {
+                    name,
+                    ..Element::default()
+                }
+            }
+        };
+        if empty {
+            match open.last_mut() {
+                Some(parent) => parent.children.push(element),
+                None => done = Some(element),
+            }
+        } else {
+            open.push(element);
+        }
+    }
+    if !open.is_empty() {
+        return Err("the XML ends before its elements close");
+    }
+    done.ok_or("the XML has no root element")
+}
+
+fn is_parent(schema: Schema, name: &str) -> bool {
+    schema.iter().any(|(p, _)| *p == name)
+}
+
+/// The schema's name for `name` as a child of `parent`, if it may be one there (again).
+fn child_of(schema: Schema, parent: &Element, name: &[u8]) -> Result<&'static str, &'static str> {
+    let children = schema
+        .iter()
+        .find(|(p, _)| *p == parent.name)
+        .map(|(_, c)| *c)
+        .ok_or("an element that holds text has a child element")?;
+    // A prefixed name (`s3:Days`) matches nothing here: its bytes hold the colon.
+    let &(name, repeats) = children
+        .iter()
+        .find(|(c, _)| c.as_bytes() == name)
+        .ok_or("the XML has an element the S3 configuration does not")?;
+    if !repeats && parent.has(name) {
+        return Err("an element that S3 reads once is given more than once");
+    }
+    Ok(name)
+}
+
+/// No attributes, but the S3 namespace as the root's default namespace.
+fn check_attributes(start: &BytesStart<'_>, root: bool) -> Result<(), &'static str> {
+    for attribute in start.attributes() {
+        let attribute = attribute.map_err(|_| "the XML has a malformed attribute")?;
+        let namespace =
+            root && attribute.key.as_ref() == b"xmlns" && attribute.value.as_ref() == S3_NAMESPACE;
+        if !namespace {
+            return Err("the XML has attributes an S3 configuration never has");
+        }
+    }
+    Ok(())
+}
+
+/// A count of days as S3 takes it: a plain positive decimal (no sign, no spaces), at most
+/// a billion.
+fn days(element: &Element) -> Result<u32, &'static str> {
+    let text = element.text.as_str();
+    let plain = !text.is_empty() && text.len() <= 10 && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<u32>() {
+        Ok(d) if plain && (1..=1_000_000_000).contains(&d) => Ok(d),
+        _ => Err("a number of days is not a positive whole number"),
+    }
+}
+
+/// What one lifecycle rule does for the retention.
+struct RuleReading {
+    /// Enabled and applying to every object of the bucket.
+    everything: bool,
+    /// `Expiration/Days`: current objects expire after that many days.
+    current_days: Option<u32>,
+    /// `NoncurrentVersionExpiration/NoncurrentDays`, with no versions kept beyond them.
+    noncurrent_days: Option<u32>,
+}
+
+fn read_rule(rule: &Element) -> Result<RuleReading, &'static str> {
+    let enabled = rule.child("Status").is_some_and(|s| s.text == "Enabled");
+    let unfiltered = match (rule.child("Prefix"), rule.child("Filter")) {
+        (Some(_), Some(_)) => return Err("a lifecycle rule has both a Prefix and a Filter"),
+        (Some(prefix), None) => prefix.text.is_empty(),
+        (None, Some(filter)) => unfiltered(filter)?,
+        (None, None) => true,
+    };
+    let current_days = match rule.child("Expiration") {
+        None => None,
+        Some(e) => match (e.child("Days"), e.has("Date"), e.has("ExpiredObjectDeleteMarker")) {
+            (Some(d), false, false) => Some(days(d)?),
+            // By date: cannot be checked against a retention counted from each object's
+            // creation. A delete-marker clean-up alone expires nothing.
+            (None, true, false) | (None, false, true) => None,
+            _ => return Err("a lifecycle Expiration must give exactly one of Days, Date and ExpiredObjectDeleteMarker"),
+        },
+    };
+    let noncurrent_days = match rule.child("NoncurrentVersionExpiration") {
+        None => None,
+        Some(e) => {
+            let d = days(
+                e.child("NoncurrentDays")
+                    .ok_or("a NoncurrentVersionExpiration has no NoncurrentDays")?,
+            )?;
+            // NewerNoncurrentVersions keeps that many versions however old they are.
+            (!e.has("NewerNoncurrentVersions")).then_some(d)
+        }
+    };
+    Ok(RuleReading {
+        everything: enabled && unfiltered,
+        current_days,
+        noncurrent_days,
+    })
+}
+
+/// Whether a `Filter` selects every object: empty, or an empty prefix alone.
+fn unfiltered(filter: &Element) -> Result<bool, &'static str> {
+    match filter.children.as_slice() {
+        [] => Ok(true),
+        [only] if only.name == "Prefix" => Ok(only.text.is_empty()),
+        [only] if only.name == "And" && only.children.is_empty() => {
+            Err("a lifecycle Filter has an And with no conditions")
+        }
+        [_] => Ok(false),
+        _ => Err("a lifecycle Filter has more than one condition outside an And"),
+    }
+}
+
+/// `PutBucketLifecycleConfiguration` on a lab bucket: every object must expire within
+/// `retention_days`. Some enabled rule without a filter (or with an empty prefix and nothing
+/// else) must expire current objects within it (`Expiration/Days`), and some such rule
+/// noncurrent versions too (`NoncurrentVersionExpiration/NoncurrentDays`, without
+/// `NewerNoncurrentVersions`). Rules with filters may come in addition; they cover only part
+/// of the bucket, so they count for nothing.
+///
+/// Noncurrent versions are required always: whether the bucket is versioned is S3's to say
+/// and the gateway does not ask (it never sends requests of its own). Lab buckets may not
+/// have versioning suspended once enabled, and a version expiration on an unversioned bucket
+/// is harmless, so demanding it costs a lab nothing and holds whatever the bucket's state.
 pub fn lifecycle_keeps_retention(body: &[u8], retention_days: u32) -> ConfigVerdict {
-    let rules = match parse_lifecycle(body) {
+    let root = match parse(body, LIFECYCLE, "LifecycleConfiguration") {
         Ok(r) => r,
         Err(why) => return ConfigVerdict::Malformed(why),
     };
-    if rules.is_empty() {
-        return ConfigVerdict::Weakens(
-            "a lifecycle configuration without rules removes the retention",
-        );
+    let mut current = false;
+    let mut noncurrent = false;
+    for rule in &root.children {
+        let reading = match read_rule(rule) {
+            Ok(r) => r,
+            Err(why) => return ConfigVerdict::Malformed(why),
+        };
+        let within = |d: Option<u32>| d.is_some_and(|d| d <= retention_days);
+        current |= reading.everything && within(reading.current_days);
+        noncurrent |= reading.everything && within(reading.noncurrent_days);
     }
-    for rule in &rules {
-        if !rule.enabled {
-            return ConfigVerdict::Weakens("every lifecycle rule must be enabled");
-        }
-        if rule.expiration_date {
-            return ConfigVerdict::Weakens(
-                "expiration must be given in days (a fixed date cannot be checked against the retention)",
-            );
-        }
-        match rule.expiration_days {
-            Some(d) if d <= u64::from(retention_days) => {}
-            Some(_) => {
-                return ConfigVerdict::Weakens(
-                    "a lifecycle rule keeps objects longer than the bucket's retention",
-                )
-            }
-            None => {
-                return ConfigVerdict::Weakens(
-                    "every lifecycle rule must expire current objects (Expiration/Days)",
-                )
-            }
-        }
+    if root.children.is_empty() {
+        ConfigVerdict::Weakens("a lifecycle configuration without rules removes the retention")
+    } else if !current {
+        ConfigVerdict::Weakens(
+            "no enabled rule without a filter expires current objects within the bucket's retention (Expiration/Days; a date cannot be checked against it)",
+        )
+    } else if !noncurrent {
+        ConfigVerdict::Weakens(
+            "no enabled rule without a filter expires noncurrent versions within the bucket's retention (NoncurrentVersionExpiration/NoncurrentDays, without NewerNoncurrentVersions): overwritten and deleted objects would be kept",
+        )
+    } else {
+        ConfigVerdict::Keeps
     }
-    ConfigVerdict::Keeps
-}
-
-fn parse_lifecycle(body: &[u8]) -> Result<Vec<Rule>, &'static str> {
-    let mut reader = Reader::from_reader(body);
-    let mut path: Vec<Vec<u8>> = Vec::new();
-    let mut rules = Vec::new();
-    let mut current: Option<Rule> = None;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                let name = e.local_name().as_ref().to_vec();
-                if name == b"Rule" && path.len() == 1 {
-                    current = Some(Rule::default());
-                }
-                if name == b"Date" && in_expiration(&path) {
-                    if let Some(r) = current.as_mut() {
-                        r.expiration_date = true;
-                    }
-                }
-                path.push(name);
-                if path.len() > 16 {
-                    return Err("the XML is nested too deeply");
-                }
-            }
-            Ok(Event::End(_)) => {
-                if path.pop().as_deref() == Some(b"Rule") && path.len() == 1 {
-                    rules.extend(current.take());
-                }
-            }
-            Ok(Event::Empty(_)) => {}
-            Ok(Event::Text(t)) => {
-                let text = t.decode().map_err(|_| "the XML text is not UTF-8")?;
-                let text = text.trim();
-                let Some(rule) = current.as_mut() else {
-                    continue;
-                };
-                match path.last().map(Vec::as_slice) {
-                    Some(b"Status") if path.len() == 3 => rule.enabled = text == "Enabled",
-                    Some(b"Days") if in_expiration(&path[..path.len() - 1]) => {
-                        let days = text
-                            .parse::<u64>()
-                            .map_err(|_| "Expiration/Days is not a number")?;
-                        rule.expiration_days = Some(days);
-                    }
-                    _ => {}
-                }
-            }
-            Ok(Event::Decl(_)) | Ok(Event::Comment(_)) => {}
-            Ok(Event::Eof) => break,
-            // DTDs, entity references, CDATA, processing instructions: not in a lifecycle
-            // document S3 clients send, and the usual way to make parsers disagree.
-            Ok(_) => return Err("the XML uses constructs a lifecycle configuration never needs"),
-            Err(_) => return Err("the XML is not well-formed"),
-        }
-    }
-    if !path.is_empty() {
-        return Err("the XML ends before its elements close");
-    }
-    Ok(rules)
-}
-
-fn in_expiration(path: &[Vec<u8>]) -> bool {
-    path.len() == 3 && path[2] == b"Expiration"
 }
 
 /// `PutBucketVersioning`: suspending versioning (or anything but `Enabled`) weakens it.
 pub fn versioning_keeps(body: &[u8]) -> ConfigVerdict {
-    let mut reader = Reader::from_reader(body);
-    let mut in_status = false;
-    let mut status: Option<String> = None;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => in_status = e.local_name().as_ref() == b"Status",
-            Ok(Event::End(_)) => in_status = false,
-            Ok(Event::Text(t)) if in_status => match t.decode() {
-                Ok(text) => status = Some(text.trim().to_owned()),
-                Err(_) => return ConfigVerdict::Malformed("the XML text is not UTF-8"),
-            },
-            Ok(Event::Text(_) | Event::Empty(_) | Event::Decl(_) | Event::Comment(_)) => {}
-            Ok(Event::Eof) => break,
-            Ok(_) => {
-                return ConfigVerdict::Malformed(
-                    "the XML uses constructs a versioning configuration never needs",
-                )
-            }
-            Err(_) => return ConfigVerdict::Malformed("the XML is not well-formed"),
-        }
-    }
-    match status.as_deref() {
+    let root = match parse(body, VERSIONING, "VersioningConfiguration") {
+        Ok(r) => r,
+        Err(why) => return ConfigVerdict::Malformed(why),
+    };
+    match root.child("Status").map(|s| s.text.as_str()) {
         Some("Enabled") => ConfigVerdict::Keeps,
         Some("Suspended") => ConfigVerdict::Weakens("versioning may not be suspended"),
         _ => ConfigVerdict::Malformed("the versioning status is missing or unknown"),
@@ -157,93 +372,5 @@ pub fn versioning_keeps(body: &[u8]) -> ConfigVerdict {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lifecycle(rules: &str) -> Vec<u8> {
-        format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><LifecycleConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{rules}</LifecycleConfiguration>"#
-        )
-        .into_bytes()
-    }
-
-    const R30: &str = "<Rule><ID>a</ID><Filter><Prefix></Prefix></Filter><Status>Enabled</Status><Expiration><Days>30</Days></Expiration></Rule>";
-
-    #[test]
-    fn lifecycle_rules_must_expire_within_the_retention() {
-        use ConfigVerdict::*;
-        assert_eq!(lifecycle_keeps_retention(&lifecycle(R30), 90), Keeps);
-        assert_eq!(
-            lifecycle_keeps_retention(&lifecycle(&format!("{R30}{R30}")), 30),
-            Keeps
-        );
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(R30), 29),
-            Weakens(_)
-        ));
-        let disabled = R30.replace("Enabled", "Disabled");
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(&disabled), 90),
-            Weakens(_)
-        ));
-        let no_expiration = "<Rule><ID>b</ID><Filter/><Status>Enabled</Status><AbortIncompleteMultipartUpload><DaysAfterInitiation>7</DaysAfterInitiation></AbortIncompleteMultipartUpload></Rule>";
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(&format!("{R30}{no_expiration}")), 90),
-            Weakens(_)
-        ));
-        let dated = "<Rule><ID>c</ID><Filter/><Status>Enabled</Status><Expiration><Date>2030-01-01T00:00:00Z</Date></Expiration></Rule>";
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(dated), 90),
-            Weakens(_)
-        ));
-        // Days elsewhere (a transition) is not an expiration.
-        let transition = "<Rule><ID>d</ID><Filter/><Status>Enabled</Status><Transition><Days>5</Days><StorageClass>GLACIER</StorageClass></Transition></Rule>";
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(transition), 90),
-            Weakens(_)
-        ));
-        assert!(matches!(
-            lifecycle_keeps_retention(&lifecycle(""), 90),
-            Weakens(_)
-        ));
-    }
-
-    #[test]
-    fn odd_lifecycle_xml_is_malformed() {
-        use ConfigVerdict::*;
-        for body in [
-            "<LifecycleConfiguration><Rule>".to_owned(),
-            "not xml <".to_owned(),
-            format!(
-                "<!DOCTYPE x [<!ENTITY d \"30\">]>{}",
-                String::from_utf8(lifecycle(R30)).unwrap()
-            ),
-            String::from_utf8(lifecycle(&R30.replace("30", "thirty"))).unwrap(),
-            String::from_utf8(lifecycle(&R30.replace("30", "&#51;0"))).unwrap(),
-        ] {
-            assert!(
-                matches!(lifecycle_keeps_retention(body.as_bytes(), 90), Malformed(_)),
-                "{body}"
-            );
-        }
-    }
-
-    #[test]
-    fn versioning_may_not_be_suspended() {
-        use ConfigVerdict::*;
-        let doc = |s: &str| {
-            format!(
-                r#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>{s}</Status></VersioningConfiguration>"#
-            )
-        };
-        assert_eq!(versioning_keeps(doc("Enabled").as_bytes()), Keeps);
-        assert!(matches!(
-            versioning_keeps(doc("Suspended").as_bytes()),
-            Weakens(_)
-        ));
-        assert!(matches!(
-            versioning_keeps(b"<VersioningConfiguration/>"),
-            Malformed(_)
-        ));
-    }
-}
+#[path = "s3_body_tests.rs"]
+mod tests;

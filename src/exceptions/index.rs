@@ -113,11 +113,8 @@ pub fn covers(scope: &Scope, workspace: &str, action: &Action, asset: Option<&As
             else {
                 return false;
             };
-            let op = match action.category {
-                Category::Download => Op::Read,
-                Category::Metadata => Op::List,
-                Category::Upload => Op::Write,
-                _ => return false,
+            let Some(op) = raw_bucket_op(action) else {
+                return false;
             };
             b == bucket && key.starts_with(prefix.as_str()) && ops.contains(&op)
         }
@@ -134,6 +131,69 @@ pub fn covers(scope: &Scope, workspace: &str, action: &Action, asset: Option<&As
             workspace: w,
             categories,
         } => w == workspace && categories.iter().any(|c| c == action.category.as_str()),
+    }
+}
+
+/// The `--ops` group of a raw-bucket request, by its S3 operation; `None`: no exception
+/// covers it.
+///
+/// - `read`: what reading an object takes. Every download (the object's bytes, a select, a
+///   restore, the source side of a copy, which the policy decides as a download) and the
+///   object's own description: the AWS CLI and the SDKs' download managers call `HeadObject`
+///   before `GetObject`, `GetObjectAttributes` stands in for it, and a copy between buckets
+///   reads the source's tags.
+/// - `list`: the listings (`aws s3 ls`, the listing behind `cp --recursive` and `sync`).
+/// - `write`: creating, replacing and deleting objects one key at a time, multipart uploads
+///   included, and their tags.
+///
+/// In no group: changes to who may reach an object (`PutObjectAcl`) or to its locks
+/// (retention, legal hold: data the bank could no longer delete); `DeleteObjects` and
+/// `PostObject`, whose keys are in a body the gateway does not read, so a prefix cannot bound
+/// them; `CreateSession`, whose credentials cover the whole bucket; the object's ACL,
+/// retention and legal-hold settings, which reading the data does not need; and every
+/// bucket-level setting.
+fn raw_bucket_op(action: &Action) -> Option<Op> {
+    use crate::classify::s3 as s3ops;
+    let is = |ops: &[s3ops::Operation]| ops.iter().any(|o| o.action.name == action.name);
+    match action.category {
+        Category::Download if !is(&[s3ops::CREATE_SESSION]) => Some(Op::Read),
+        Category::Metadata
+            if is(&[
+                s3ops::HEAD_OBJECT,
+                s3ops::GET_OBJECT_ATTRIBUTES,
+                s3ops::GET_OBJECT_TAGGING,
+            ]) =>
+        {
+            Some(Op::Read)
+        }
+        Category::Metadata
+            if is(&[
+                s3ops::LIST_OBJECTS,
+                s3ops::LIST_OBJECTS_V2,
+                s3ops::LIST_OBJECT_VERSIONS,
+                s3ops::LIST_MULTIPART_UPLOADS,
+                s3ops::LIST_PARTS,
+            ]) =>
+        {
+            Some(Op::List)
+        }
+        Category::Upload
+            if is(&[
+                s3ops::PUT_OBJECT,
+                s3ops::COPY_OBJECT,
+                s3ops::CREATE_MULTIPART_UPLOAD,
+                s3ops::UPLOAD_PART,
+                s3ops::UPLOAD_PART_COPY,
+                s3ops::COMPLETE_MULTIPART_UPLOAD,
+                s3ops::ABORT_MULTIPART_UPLOAD,
+                s3ops::DELETE_OBJECT,
+                s3ops::PUT_OBJECT_TAGGING,
+                s3ops::DELETE_OBJECT_TAGGING,
+            ]) =>
+        {
+            Some(Op::Write)
+        }
+        _ => None,
     }
 }
 
@@ -199,6 +259,77 @@ mod tests {
         let other = Asset::new(AssetKind::S3, "s3://raw2/landing/a.csv");
         assert!(!covers(&scope, "-", &get, Some(&other)));
         assert!(!covers(&scope, "-", &get, None));
+    }
+
+    /// What each `--ops` group lets through, by the operations the S3 classifier names: the
+    /// calls a client makes for `aws s3 cp` from, `aws s3 ls` and `aws s3 cp` to the bucket,
+    /// and nothing that changes who may reach an object or locks it.
+    #[test]
+    fn each_ops_group_covers_what_its_client_calls_need_and_nothing_else() {
+        use crate::classify::s3 as ops;
+        let object = Asset::new(AssetKind::S3, "s3://raw/landing/a.csv");
+        let group = |op: Op| raw("landing/", &[op]);
+        let covered = |op: Op, operation: &ops::Operation| {
+            covers(&group(op), "-", &operation.action, Some(&object))
+        };
+        let reads = [
+            ops::GET_OBJECT,
+            ops::HEAD_OBJECT,
+            ops::GET_OBJECT_ATTRIBUTES,
+            ops::GET_OBJECT_TAGGING,
+            ops::SELECT_OBJECT_CONTENT,
+            ops::GET_OBJECT_TORRENT,
+            ops::RESTORE_OBJECT,
+        ];
+        let lists = [
+            ops::LIST_OBJECTS,
+            ops::LIST_OBJECTS_V2,
+            ops::LIST_OBJECT_VERSIONS,
+            ops::LIST_MULTIPART_UPLOADS,
+            ops::LIST_PARTS,
+        ];
+        let writes = [
+            ops::PUT_OBJECT,
+            ops::COPY_OBJECT,
+            ops::CREATE_MULTIPART_UPLOAD,
+            ops::UPLOAD_PART,
+            ops::UPLOAD_PART_COPY,
+            ops::COMPLETE_MULTIPART_UPLOAD,
+            ops::ABORT_MULTIPART_UPLOAD,
+            ops::DELETE_OBJECT,
+            ops::PUT_OBJECT_TAGGING,
+            ops::DELETE_OBJECT_TAGGING,
+        ];
+        for (op, members) in [
+            (Op::Read, &reads[..]),
+            (Op::List, &lists[..]),
+            (Op::Write, &writes[..]),
+        ] {
+            for o in ops::CATALOG {
+                let want = members.contains(o);
+                assert_eq!(covered(op, o), want, "{} under {op:?}", o.name());
+            }
+        }
+        // Outside every group: permission and lock changes, batch operations whose keys are
+        // in a body the gateway does not read, and bucket-wide session credentials.
+        for o in [
+            ops::PUT_OBJECT_ACL,
+            ops::PUT_OBJECT_RETENTION,
+            ops::PUT_OBJECT_LEGAL_HOLD,
+            ops::DELETE_OBJECTS,
+            ops::POST_OBJECT,
+            ops::CREATE_SESSION,
+        ] {
+            for op in [Op::Read, Op::List, Op::Write] {
+                assert!(!covered(op, &o), "{} under {op:?}", o.name());
+            }
+        }
+        // The source of a copy is read: decided as a download of the source object.
+        let source_read = Action {
+            category: Category::Download,
+            ..ops::COPY_OBJECT.action
+        };
+        assert!(covers(&group(Op::Read), "-", &source_read, Some(&object)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! - `raw`: nothing, unless an approved exception covers it;
 //! - `lab`: read and write for the compute of the workspaces it names; its retention,
-//!   versioning and governance may not be weakened;
+//!   versioning and governance may not be weakened, and nothing in it may be locked (Object
+//!   Lock would keep data past the retention);
 //! - `prod-output`: written only by service principals of its writer workspaces (default
 //!   `prod`), read by them and by the named readers, never by people;
 //! - a bucket the configuration does not list: denied (egress is deny-by-default).
@@ -36,6 +37,8 @@ pub struct BucketRequest<'a> {
     pub config_body: Option<ConfigVerdict>,
     /// A listing's `prefix` parameter: the part of a bucket a listing names.
     pub list_prefix: Option<&'a str>,
+    /// The request carries Object Lock headers.
+    pub object_lock: bool,
 }
 
 /// The configured buckets, by name.
@@ -109,6 +112,7 @@ fn decide_enforced(
             copy_source: None,
             config_body: None,
             list_prefix: None,
+            object_lock: false,
         };
         let d = decide_bucket(
             principal,
@@ -146,8 +150,11 @@ fn decide_bucket(
     };
     match config.class {
         BucketClass::Raw => {
-            // What an exception is matched against: the object, or what a listing names.
-            let key = req.key.or(req.list_prefix).unwrap_or("");
+            // What an exception is matched against: the object, or what a listing names. A
+            // `prefix` parameter on any other bucket-level request (`DeleteObjects`, whose
+            // keys are in its body) names nothing and must not make it look like one.
+            let listed = req.list_prefix.filter(|_| req.access == S3Access::List);
+            let key = req.key.or(listed).unwrap_or("");
             let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
             match exceptions.covering(
                 super::ExceptionKind::RawBucket,
@@ -180,10 +187,35 @@ fn lab(config: &BucketConfig, workspace: Option<&str>, req: &BucketRequest<'_>) 
             ),
         );
     }
+    if let Some(denied) = lab_lock(config, req) {
+        return denied;
+    }
     if req.access == S3Access::ChangeBucket {
         return lab_change(config, req);
     }
     allow()
+}
+
+/// Object Lock in a lab bucket: a lock (a bucket default, an object's retention or legal
+/// hold, or one set by the write that creates the object) keeps data past the retention,
+/// where the lifecycle cannot delete it. `PostObject` carries its lock in form fields the
+/// gateway does not read, so it cannot be shown to set none.
+fn lab_lock(config: &BucketConfig, req: &BucketRequest<'_>) -> Option<Decision> {
+    let what = match req.action.name {
+        "PutObjectLockConfiguration" | "PutObjectRetention" | "PutObjectLegalHold" => {
+            req.action.name
+        }
+        "PostObject" => "PostObject (its form may set a lock the gateway cannot read)",
+        _ if req.object_lock => "a write with Object Lock headers",
+        _ => return None,
+    };
+    Some(deny(
+        "buckets.lab_retention",
+        format!(
+            "{what} would lock objects of lab bucket {} against deletion; its lifecycle must delete everything within {} days",
+            config.name, config.retention_days
+        ),
+    ))
 }
 
 /// Bucket-level changes to a lab bucket: only those that keep its guarantees.

@@ -72,6 +72,7 @@ fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketReque
         copy_source: None,
         config_body: None,
         list_prefix: None,
+        object_lock: false,
     }
 }
 
@@ -260,4 +261,87 @@ fn tenants_are_denied_everywhere() {
         rule(&p, Some("prod-analytics"), &r),
         (Effect::Deny, "principal.denied_group")
     );
+}
+
+/// An exception for everything under `landing/` of the raw bucket, whatever the operation:
+/// what the policy hands the exceptions is all that bounds it.
+struct LandingOnly;
+
+impl crate::policy::Exceptions for LandingOnly {
+    fn covering(
+        &self,
+        _: crate::policy::ExceptionKind,
+        _: &Principal,
+        _: &str,
+        _: &Action,
+        asset: Option<&Asset>,
+    ) -> Option<String> {
+        asset
+            .is_some_and(|a| a.path.starts_with("s3://buk-raw/landing/"))
+            .then(|| "EXC-1".to_owned())
+    }
+}
+
+#[test]
+fn only_a_listing_is_matched_by_its_prefix_parameter() {
+    let p = sp("sp-aiml-lab");
+    let list = buckets();
+    let decide_with = |r: &BucketRequest<'_>| {
+        let d = decide(
+            &rules(),
+            &p,
+            Some("prod-analytics"),
+            &Buckets { list: &list },
+            r,
+            &LandingOnly,
+        );
+        (d.effect, d.exception)
+    };
+    let mut listing = req(&LIST, S3Access::List, "buk-raw");
+    listing.key = None;
+    listing.list_prefix = Some("landing/");
+    assert_eq!(decide_with(&listing), (Effect::Allow, Some("EXC-1".into())));
+    // `POST /buk-raw?delete&prefix=landing/`: the keys it deletes are in its body.
+    let delete_objects = Action::new("DeleteObjects", Category::Upload);
+    let mut batch = req(&delete_objects, S3Access::WriteData, "buk-raw");
+    batch.key = None;
+    batch.list_prefix = Some("landing/");
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+}
+
+/// Object Lock would keep objects past the lab's retention, beyond the lifecycle's reach.
+#[test]
+fn nothing_locks_objects_in_a_lab_bucket() {
+    let p = sp("sp-aiml-lab");
+    let ws = Some("prod-analytics");
+    let lock_configuration = Action::new("PutObjectLockConfiguration", Category::Config);
+    let retention = Action::new("PutObjectRetention", Category::Upload);
+    let legal_hold = Action::new("PutObjectLegalHold", Category::Upload);
+    let post = Action::new("PostObject", Category::Upload);
+    let create_upload = Action::new("CreateMultipartUpload", Category::Upload);
+    for r in [
+        req(&lock_configuration, S3Access::ChangeBucket, "buk-aiml-lab"),
+        req(&retention, S3Access::WriteData, "buk-aiml-lab"),
+        req(&legal_hold, S3Access::WriteData, "buk-aiml-lab"),
+        req(&post, S3Access::WriteData, "buk-aiml-lab"),
+    ] {
+        assert_eq!(
+            rule(&p, ws, &r),
+            (Effect::Deny, "buckets.lab_retention"),
+            "{}",
+            r.action.name
+        );
+    }
+    // Writes that would set a lock on the object they create.
+    for action in [&PUT, &COPY, &create_upload] {
+        let mut r = req(action, S3Access::WriteData, "buk-aiml-lab");
+        assert_eq!(rule(&p, ws, &r).0, Effect::Allow, "{}", action.name);
+        r.object_lock = true;
+        assert_eq!(
+            rule(&p, ws, &r),
+            (Effect::Deny, "buckets.lab_retention"),
+            "{} with object-lock headers",
+            action.name
+        );
+    }
 }

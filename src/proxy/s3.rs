@@ -1,5 +1,5 @@
 //! The S3 data path: parse bucket, key and operation; attribute the signature's access key
-//! (or the client's network); inspect the few bucket-configuration bodies the rules depend
+//! (or, for temporary credentials, the client's network); inspect the few bucket-configuration bodies the rules depend
 //! on; decide with the bucket rules; record; and forward *unchanged* — the client's Host, raw
 //! path, query, every header and the body — because any change breaks the SigV4 signature.
 
@@ -19,6 +19,7 @@ use super::{
 use crate::audit::{CredentialInfo, S3AssetInfo};
 use crate::classify::s3 as s3c;
 use crate::classify::s3_body::{self, ConfigVerdict};
+use crate::identity::s3::KeyClaim;
 use crate::policy::s3::{decide, BucketRequest, Buckets};
 use crate::policy::Effect;
 
@@ -111,7 +112,7 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     record.copy_source = class.copy_source.as_ref().map(s3c::CopySource::display);
     x.action = Some(class.action);
 
-    // ---- who: the signature's access key, else the client's network ----
+    // ---- who: the signature's access key, or the network of temporary credentials ----
     let claim = match s3c::access_key(req.headers(), req.uri().query()) {
         Ok(c) => c,
         Err(e) => {
@@ -128,18 +129,22 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     record.access_key = claim
         .as_ref()
         .map(|c| (c.id.clone(), c.scheme.as_str(), c.temporary));
-    let caller = s3
-        .callers
-        .attribute(claim.as_ref().map(|c| c.id.as_str()), x.conn.peer.ip());
-    let Some(caller) = caller else {
-        x.s3 = Some(record);
-        return x
-            .refuse(
-                Refusal::Unauthenticated,
-                "identity.s3_unknown_caller",
-                "the access key is not mapped to a principal and the client's network belongs to no workspace",
-            )
-            .await;
+    let key = claim.as_ref().map(|c| KeyClaim {
+        id: &c.id,
+        session_token: c.session_token,
+    });
+    let caller = match s3.callers.attribute(key, x.conn.peer.ip()) {
+        Ok(caller) => caller,
+        Err(unattributed) => {
+            x.s3 = Some(record);
+            return x
+                .refuse(
+                    Refusal::Unauthenticated,
+                    unattributed.rule(),
+                    unattributed.reason(),
+                )
+                .await;
+        }
     };
     record.workspace = caller.workspace.clone();
     x.principal = Some(std::sync::Arc::new(caller.principal.clone()));
@@ -223,6 +228,7 @@ async fn decide_and_forward(
         copy_source,
         config_body,
         list_prefix: list_prefix.as_deref(),
+        object_lock: class.object_lock,
     };
     let Some(principal) = x.principal.clone() else {
         return x

@@ -61,6 +61,9 @@ PROD_OUT = "buk-aiml-prod-output"
 UNLISTED = "buk-unlisted-scratch"
 LAB_RETENTION_DAYS = 90
 
+# Members approve exceptions (`[exceptions] approver_groups`).
+EXCEPTION_APPROVERS = "cdao-approvers"
+
 # Workspace hosts: the S3 hosts here are localhost/127.0.0.1, so the workspaces get others.
 ANALYTICS_HOST = "analytics.dbx.test"
 PROD_HOST = "prod.dbx.test"
@@ -261,18 +264,22 @@ def summarize_upstream(recs: Sequence[UpstreamRequest]) -> List[str]:
 
 @contextlib.contextmanager
 def gateways_http_and_tls(tmp_path_factory: Any, name: str, *, binary: Path, certs: Path, jwks: Path,
-                          s3_upstream: str, keys: Dict[str, "AccessKey"]) -> Iterator[Dict[str, harness.Gateway]]:
+                          s3_upstream: str, keys: Dict[str, "AccessKey"],
+                          **config: Any) -> Iterator[Dict[str, harness.Gateway]]:
     """Two gateways in front of `s3_upstream`, one plaintext and one over TLS, keyed by transport;
-    both stopped on the way out."""
+    both stopped on the way out. `config`: more `write_s3_config` arguments, and `exceptions=True`
+    for an `[exceptions]` store of each gateway's own."""
     gws: Dict[str, harness.Gateway] = {}
+    with_exceptions = config.pop("exceptions", False)
     try:
         for transport in ("http", "tls"):
             d = tmp_path_factory.mktemp(f"gatehouse-{name}-{transport}")
             audit_dir = d / "audit"
             audit_dir.mkdir()
+            exceptions_db = d / "exceptions.db" if with_exceptions else None
             cfg = write_s3_config(d / "gatehouse.toml", jwks=jwks, audit_dir=audit_dir, s3_upstream=s3_upstream,
                                   keys=keys, certs=certs if transport == "tls" else None,
-                                  gateway_id=f"gw-{name}-{transport}")
+                                  gateway_id=f"gw-{name}-{transport}", exceptions_db=exceptions_db, **config)
             gw = harness.Gateway(cfg, audit_dir, d / "gatehouse.log", binary=binary,
                                  env=harness.client_env(d / "home", None))
             gws[transport] = gw
@@ -287,9 +294,12 @@ def gateways_http_and_tls(tmp_path_factory: Any, name: str, *, binary: Path, cer
 def write_s3_config(path: Path, *, jwks: Path, audit_dir: Path, s3_upstream: str,
                     keys: Dict[str, AccessKey], certs: Optional[Path] = None,
                     s3_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
-                    gateway_id: str = "gw-s3-test") -> Path:
+                    gateway_id: str = "gw-s3-test", source_cidrs: Optional[Dict[str, Sequence[str]]] = None,
+                    exceptions_db: Optional[Path] = None) -> Path:
     """The contract's TOML (DESIGN.md key names), one key per line. `certs` None: plaintext
-    listener. Workspaces get their own host names so `s3_hosts` route only to S3."""
+    listener. Workspaces get their own host names so `s3_hosts` route only to S3.
+    `source_cidrs`: workspace name → its compute networks (none by default). `exceptions_db`:
+    an `[exceptions]` store (SQLite) with `cdao-approvers` as the approvers."""
     s = harness._toml_str
     arr = lambda xs: "[" + ", ".join(s(x) for x in xs) + "]"  # noqa: E731
     tls = (f"tls_cert = {s(certs / 'gateway.crt')}\ntls_key = {s(certs / 'gateway.key')}\n"
@@ -302,6 +312,10 @@ principal = {s(k.principal)}
 principal_type = "service_principal"
 workspace = {s(k.workspace)}
 """ for k in keys.values() if k.principal)
+    cidrs = lambda ws: (f"source_cidrs = {arr((source_cidrs or {}).get(ws, ()))}\n"  # noqa: E731
+                        if (source_cidrs or {}).get(ws) else "")
+    exceptions = (f"\n[exceptions]\nstore = {s('sqlite://' + str(exceptions_db))}\n"
+                  f"approver_groups = {arr([EXCEPTION_APPROVERS])}\n" if exceptions_db is not None else "")
     text = f"""\
 [server]
 listen = "127.0.0.1:0"
@@ -321,13 +335,13 @@ name = "prod-analytics"
 hosts = {arr([ANALYTICS_HOST])}
 upstream = "http://127.0.0.1:9"
 humans = "allow"
-
+{cidrs("prod-analytics")}
 [[workspace]]
 name = "prod"
 hosts = {arr([PROD_HOST])}
 upstream = "http://127.0.0.1:9"
 humans = "deny"
-
+{cidrs("prod")}
 [s3]
 hosts = {arr(s3_hosts)}
 upstream = {s(s3_upstream)}
@@ -353,7 +367,7 @@ unknown_api = "deny"
 [audit]
 dir = {s(audit_dir)}
 durability = "group"
-"""
+{exceptions}"""
     path.write_text(text)
     return path
 
@@ -438,6 +452,25 @@ class AwsCli:
             raise HarnessError(f"`aws {' '.join(args)}` did not finish within {timeout}s; "
                                f"stderr: {(e.stderr or b'')[-1500:]!r}") from None
         return CliResult(list(args), p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+class ExceptionsCli:
+    """`gatehouse exceptions …`, the approvers' command line (the gateway binary), against one
+    gateway's admin API. The token goes through the environment, never the command line."""
+
+    def __init__(self, binary: Path, gw: harness.Gateway, ca_bundle: Path, home: Path):
+        self.binary = binary
+        self.admin = gw.admin_url("")
+        self.ca_bundle = ca_bundle
+        self.home = home
+
+    def run(self, token: Secret, *args: str) -> subprocess.CompletedProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = harness.client_env(self.home, None)
+        env.update({"GATEHOUSE_ADMIN": self.admin, "GATEHOUSE_TOKEN": token,
+                    "GATEHOUSE_CACERT": str(self.ca_bundle)})
+        return subprocess.run([str(self.binary), "exceptions", *args], env=env, capture_output=True, text=True,
+                              timeout=HTTP_TIMEOUT, stdin=subprocess.DEVNULL)
 
 
 def s3_client(endpoint: str, key: AccessKey, ca_bundle: Optional[Path], signature_version: Optional[str] = None,
@@ -533,8 +566,10 @@ def seed(moto: MotoServer) -> None:
 
 
 def lifecycle(days: int, rule_id: str = "expire-lab") -> Dict[str, Any]:
+    """One rule for the whole bucket expiring current objects and noncurrent versions after
+    `days`: what a lab bucket's retention asks for."""
     return {"Rules": [{"ID": rule_id, "Status": "Enabled", "Filter": {"Prefix": ""},
-                       "Expiration": {"Days": days}}]}
+                       "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": days}}]}
 
 
 def lifecycle_days(moto: MotoServer, bucket: str) -> List[int]:

@@ -110,7 +110,8 @@ def keys() -> Dict[str, AccessKey]:
 def s3_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
                 minter: TokenMinter, moto: MotoServer, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
     with s3harness.gateways_http_and_tls(tmp_path_factory, "s3", binary=gateway_binary, certs=certs,
-                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys) as gws:
+                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys,
+                                         exceptions=True) as gws:
         yield gws
 
 
@@ -511,6 +512,10 @@ DENIED_CLI: Dict[str, Any] = {
                              "DeleteBucketLifecycle", LAB, None, "AccessDenied"),
     "prod-output-put-with-lab-key": ("lab", lambda u: ["s3", "cp", "./payload.json", f"s3://{PROD_OUT}/{u}.json"],
                                      "PutObject", PROD_OUT, "{u}.json", "AccessDenied"),
+    "lab-put-object-locked": ("lab", lambda u: ["s3api", "put-object", "--bucket", LAB, "--key", f"{u}/locked",
+                                                "--body", "./payload.json", "--object-lock-mode", "COMPLIANCE",
+                                                "--object-lock-retain-until-date", "2099-01-01T00:00:00Z"],
+                              "PutObject", LAB, "{u}/locked", "AccessDenied"),
     "unknown-key-lab-ls": ("unknown", lambda u: ["s3", "ls", f"s3://{LAB}/"], "ListObjectsV2", LAB, None,
                            "AccessDenied"),
     "unknown-bucket-ls": ("lab", lambda u: ["s3", "ls", f"s3://{UNLISTED}/"], "ListObjectsV2", UNLISTED, None,
@@ -520,7 +525,7 @@ DENIED_CLI: Dict[str, Any] = {
 }
 # Denials whose rule must come from the bucket rules (`buckets.…`).
 BUCKET_RULE_CASES = {"raw-cp-download", "raw-ls", "raw-cp-to-lab", "raw-get-object", "raw-copy-object-to-lab",
-                     "lab-delete-lifecycle", "prod-output-put-with-lab-key"}
+                     "lab-delete-lifecycle", "prod-output-put-with-lab-key", "lab-put-object-locked"}
 
 
 @pytest.mark.parametrize("case", list(DENIED_CLI))
@@ -542,6 +547,8 @@ def test_cli_denied(case: str, aws: AwsCli, up: MotoServer, trail: Trail, keys, 
         assert not object_exists(up, LAB, f"{uid}/x"), "the raw object was copied into the lab bucket"
     if case == "lab-delete-lifecycle":
         assert lifecycle_days(up, LAB) == [30], "the lab bucket's lifecycle changed"
+    if case == "lab-put-object-locked":
+        assert not object_exists(up, LAB, f"{uid}/locked"), "the locked object was written"
     for local in ("x", "y"):
         assert not (tmp_path / local).exists() or (tmp_path / local).stat().st_size == 0, \
             f"the denied download wrote {local}"
@@ -570,8 +577,9 @@ def test_raw_presigned_get_denied(sig: str, aws: AwsCli, boto, ca: Path, up: Mot
 
 
 def test_lab_lifecycle_and_versioning_rules(boto, up: MotoServer, trail: Trail, keys) -> None:
-    """Retention: a lifecycle that keeps objects longer than retention_days is denied, one
-    within it is forwarded; versioning cannot be suspended."""
+    """Retention: a lifecycle that keeps objects longer than retention_days, or expires only
+    part of the bucket or only its current objects, is denied; one expiring every object and
+    every noncurrent version within it is forwarded; versioning cannot be suspended."""
     lab = keys["lab"]
     c = boto(lab)
     try:
@@ -580,6 +588,18 @@ def test_lab_lifecycle_and_versioning_rules(boto, up: MotoServer, trail: Trail, 
         assert_boto_denied(err)
         assert_nothing_upstream(up)
         expect_deny(trail, "PutBucketLifecycleConfiguration", LAB, None, lab, rule_prefix="buckets.")
+        assert lifecycle_days(up, LAB) == [30]
+
+        # Within the retention, but for part of the bucket only, or for current objects only.
+        partial = lifecycle(30, "tmp-only")
+        partial["Rules"][0]["Filter"] = {"Prefix": "tmp/"}
+        current_only = lifecycle(30, "current-only")
+        del current_only["Rules"][0]["NoncurrentVersionExpiration"]
+        for config in (partial, current_only):
+            err = client_error(lambda: c.put_bucket_lifecycle_configuration(Bucket=LAB, LifecycleConfiguration=config))
+            assert_boto_denied(err)
+            assert "(rule buckets.lab_retention)" in err["message"], err
+            assert_nothing_upstream(up)
         assert lifecycle_days(up, LAB) == [30]
 
         err = client_error(lambda: c.put_bucket_versioning(Bucket=LAB,
@@ -633,6 +653,99 @@ def test_temporary_credentials_of_no_configured_key_are_denied(boto, up: MotoSer
     assert_boto_denied(err)
     assert_nothing_upstream(up)
     expect_deny(trail, "PutObject", LAB, f"{uid}/t.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# The raw bucket under an approved exception
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_copies_a_raw_object_under_a_read_only_exception(aws: AwsCli, gw: Gateway, ca: Path, up: MotoServer,
+                                                             trail: Trail, keys, minter: TokenMinter,
+                                                             gateway_binary: Path, tmp_path: Path) -> None:
+    """`aws s3 cp s3://raw/landing/… .` under an approved `--ops read` exception, requested and
+    approved with `gatehouse exceptions`: the CLI's first call, HeadObject, is let through as
+    well as its GetObject. `read` is neither `list` nor another prefix."""
+    lab = keys["lab"]
+    key = "landing/2026/11/27/part-0000.csv"
+    cp = ["s3", "cp", f"s3://{RAW}/{key}", "./part.csv"]
+    assert_cli_head_denied(aws.run(cp, lab, cwd=tmp_path))
+
+    workflow = s3harness.ExceptionsCli(gateway_binary, gw, ca, tmp_path / "approver-home")
+    res = workflow.run(minter.mint("alice@bank.example"), "request", "--kind", "raw-bucket",
+                       "--subject", str(lab.principal), "--bucket", RAW, "--prefix", "landing/", "--ops", "read",
+                       "--reason", "reconcile the landing feed", "--ticket", "CHG-14", "--duration", "1h")
+    assert res.returncode == 0, res.stderr
+    exception = res.stdout.strip().splitlines()[-1]
+    approvers = [minter.mint(who, groups=[s3harness.EXCEPTION_APPROVERS])
+                 for who in ("carol@bank.example", "erin@bank.example")]
+    try:
+        for approver in approvers:  # raw data needs two
+            res = workflow.run(approver, "approve", exception, "--comment", "checked with the data owner")
+            assert res.returncode == 0, res.stderr
+        up.reset_recording()
+        res = aws.run(cp, lab, cwd=tmp_path)
+        assert res.returncode == 0, str(res)
+        assert (tmp_path / "part.csv").read_bytes() == b"raw\n"
+        assert [(r.method, r.raw_path) for r in up.records()] == [("HEAD", f"/{RAW}/{key}"), ("GET", f"/{RAW}/{key}")], \
+            summarize_upstream(up.records())
+        for operation in ("HeadObject", "GetObject"):
+            (rec,) = expect_allow(trail, operation, RAW, key, lab)
+            assert dig(rec, "decision.exception") == exception, s3_summary([rec])
+
+        up.reset_recording()
+        assert_cli_access_denied(aws.run(["s3", "ls", f"s3://{RAW}/landing/"], lab), "ListObjectsV2")
+        assert_cli_head_denied(aws.run(["s3", "cp", f"s3://{RAW}/x", "./x"], lab, cwd=tmp_path))
+        assert_nothing_upstream(up)
+        assert not (tmp_path / "x").exists()
+    finally:
+        res = workflow.run(approvers[0], "revoke", exception, "--comment", "feed reconciled")
+        assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribution with workspace networks
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def networked_gateways(tmp_path_factory: pytest.TempPathFactory, gateway_binary: Path, certs: Path,
+                       minter: TokenMinter, moto: MotoServer, keys: Dict[str, AccessKey]) -> Iterable[Dict[str, Gateway]]:
+    """The module's configuration with networks for the workspaces: the clients here (loopback)
+    are on prod-analytics' compute network, and never on prod's."""
+    with s3harness.gateways_http_and_tls(tmp_path_factory, "s3-networks", binary=gateway_binary, certs=certs,
+                                         jwks=minter.jwks_path, s3_upstream=moto.url, keys=keys,
+                                         source_cidrs={"prod-analytics": ["127.0.0.0/8"],
+                                                       "prod": ["192.0.2.0/24"]}) as gws:
+        yield gws
+
+
+def test_boto3_attribution_by_key_and_network(networked_gateways: Dict[str, Gateway], transport: str, ca: Path,
+                                              up: MotoServer, keys, uid: str, s3_process_env: Path) -> None:
+    """From prod-analytics' network: its own key and its compute's temporary credentials (an
+    STS key with a session token, as an instance profile gives) are let in; an unmapped
+    long-term key is refused, not taken for the compute; prod's key, which may read the
+    production output, is refused here (reading it from a laptop is a download)."""
+    gw = networked_gateways[transport]
+    trail = Trail(gw)
+    client = lambda key: s3_client(gw.url, key, ca)  # noqa: E731
+    client(keys["lab"]).put_object(Bucket=LAB, Key=f"{uid}/own.txt", Body=b"own")
+    client(keys["temp"]).put_object(Bucket=LAB, Key=f"{uid}/temp.txt", Body=b"temp")
+    assert [r.method for r in up.records()] == ["PUT", "PUT"], summarize_upstream(up.records())
+    expect_allow(trail, "PutObject", LAB, f"{uid}/own.txt", keys["lab"])
+    (rec,) = expect_allow(trail, "PutObject", LAB, f"{uid}/temp.txt")
+    assert (dig(rec, "principal.id"), dig(rec, "principal.auth"), rec.get("workspace")) == \
+        ("compute:prod-analytics", "network", "prod-analytics"), s3_summary([rec])
+
+    up.reset_recording()
+    for key, bucket, obj, rule in (
+        (keys["unknown"], LAB, f"{uid}/own.txt", "identity.s3_unknown_key"),
+        (keys["prod"], PROD_OUT, "scores/latest.json", "identity.s3_wrong_network"),
+    ):
+        err = client_error(lambda: client(key).get_object(Bucket=bucket, Key=obj))
+        assert_boto_denied(err)
+        assert f"(rule {rule})" in err["message"], err
+        assert_nothing_upstream(up)
+        rec = expect_deny(trail, "GetObject", bucket, obj, rule_prefix=rule)
+        assert dig(rec, "credential.access_key") == key.id, s3_summary([rec])
 
 
 # ---------------------------------------------------------------------------------------------

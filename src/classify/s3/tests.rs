@@ -514,3 +514,51 @@ fn query_names_are_read_exactly_and_other_spellings_refused() {
         QueryName::Credential(Param::SecurityToken)
     );
 }
+
+#[test]
+fn object_lock_headers_are_noted_on_any_operation() {
+    let hosts = hosts();
+    let classify_with = |method: &Method, target: &str, headers: &str| {
+        request(&hosts, method, "127.0.0.1", target, &header_map(headers))
+            .expect("classify")
+            .object_lock
+    };
+    for (method, target, headers) in [
+        (
+            Method::PUT,
+            "/buk-aiml-lab/x",
+            "x-amz-object-lock-mode=COMPLIANCE",
+        ),
+        (
+            Method::PUT,
+            "/buk-aiml-lab/x",
+            "X-Amz-Object-Lock-Retain-Until-Date=2099-01-01T00:00:00Z",
+        ),
+        (
+            Method::PUT,
+            "/buk-aiml-lab/x",
+            "x-amz-copy-source=buk-aiml-lab/y|x-amz-object-lock-legal-hold=ON",
+        ),
+        (
+            Method::POST,
+            "/buk-aiml-lab/x?uploads",
+            "x-amz-object-lock-mode=GOVERNANCE",
+        ),
+        (
+            Method::PUT,
+            "/buk-aiml-lab",
+            "x-amz-bucket-object-lock-enabled=true",
+        ),
+    ] {
+        assert!(
+            classify_with(&method, target, headers),
+            "{method} {target} {headers}"
+        );
+    }
+    assert!(!classify_with(
+        &Method::PUT,
+        "/buk-aiml-lab/x",
+        "x-amz-meta-object-lock-mode=x"
+    ));
+    assert!(!classify_with(&Method::PUT, "/buk-aiml-lab/x", "-"));
+}
