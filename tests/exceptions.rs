@@ -422,6 +422,59 @@ async fn refusals_say_why_in_the_api_shape() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test]
+async fn a_member_of_the_subject_group_cannot_approve_it() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.alice,
+        Some(json!({
+            "kind": "download", "subject": "group:aiml-engineering", "workspace": "prod-analytics",
+            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved/",
+            "reason": "export the approved extract", "ticket": "CHG-3", "duration": "4h"
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    // An approver whose token says they are in the group the exception is for.
+    let member = h.token(
+        "mallory@bank.example",
+        "user",
+        &["cdao-approvers", "aiml-engineering"],
+    );
+    let (status, e) = step(&h, id, "approve", &member, None).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("SELF_APPROVAL")),
+        "{e}"
+    );
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("group:aiml-engineering") && message.contains("member"),
+        "{message}"
+    );
+    let (_, now) = api(
+        &h,
+        Method::GET,
+        &format!("/v1/exceptions/{id}"),
+        &p.alice,
+        None,
+    )
+    .await;
+    assert_eq!(now["status"], "pending");
+    assert_eq!(now["approvals"].as_array().unwrap().len(), 0);
+    // An approver outside the group can.
+    let (status, ex) = step(&h, id, "approve", &p.carol, None).await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved"))
+    );
+}
+
 /// A `gatehouse serve` process: killed when dropped.
 struct Process {
     child: std::process::Child,

@@ -478,6 +478,20 @@ pub fn approve(
             "nobody approves an exception they requested or that is for them",
         ));
     }
+    // A group's exception is for each of its members: one of them approving it is approving
+    // their own. Judged by the groups the approver holds now (their token's), not at request.
+    if let Subject::Group(group) = &ex.subject {
+        if approver.groups.iter().any(|g| g == group) {
+            return Err(refuse(
+                403,
+                "SELF_APPROVAL",
+                format!(
+                    "nobody approves an exception that is for them: {} is for {}, and you are a member of that group",
+                    ex.id, ex.subject
+                ),
+            ));
+        }
+    }
     require_pending(&ex, now, "approved")?;
     if ex.approvals.iter().any(|a| a.approver == approver.id) {
         return Err(refuse(

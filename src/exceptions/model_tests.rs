@@ -221,6 +221,38 @@ fn only_approvers_approve_nobody_their_own_and_each_counts_once() {
 }
 
 #[test]
+fn nobody_approves_an_exception_for_a_group_they_are_in() {
+    let for_team = requested(NewRequest {
+        subject: Subject::Group("aiml-engineering".into()),
+        ..raw_request()
+    });
+    // By the groups the approver holds now, whichever way round they are listed.
+    let member = person("carol", &["aiml-engineering", "cdao-approvers"]);
+    let e = approve(for_team.clone(), &member, None, 2_000, &limits())
+        .expect_err("a member of the subject group is refused");
+    assert_eq!((e.status, e.code), (403, "SELF_APPROVAL"));
+    assert!(
+        e.message.contains("group:aiml-engineering") && e.message.contains("member"),
+        "the refusal says why: {}",
+        e.message
+    );
+    // Group names are compared exactly: a similar name is another group.
+    let near = person(
+        "erin",
+        &["cdao-approvers", "aiml-engineering-ro", "AIML-Engineering"],
+    );
+    assert!(approve(for_team.clone(), &near, None, 2_000, &limits()).is_ok());
+    // An approver outside the group approves; the group's member may still reject.
+    assert!(approve(for_team.clone(), &approver("dave"), None, 2_000, &limits()).is_ok());
+    assert_eq!(
+        reject(for_team, &member, None, 2_000, &limits())
+            .unwrap()
+            .status,
+        Status::Rejected
+    );
+}
+
+#[test]
 fn expiry_needs_nobody_and_closed_exceptions_stay_closed() {
     let mut l = limits();
     l.required.raw_bucket = 1;
