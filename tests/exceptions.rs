@@ -475,6 +475,98 @@ async fn a_member_of_the_subject_group_cannot_approve_it() {
     );
 }
 
+#[tokio::test]
+async fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}/gatehouse.db", dir.display());
+    // Already in the store, approved and in force (from before the upgrade): alice may look
+    // around `prod`, whose configuration says humans = "deny".
+    {
+        use gatehouse::exceptions::model::{Exception, Scope, Status, Subject};
+        let store = gatehouse::exceptions::store::Store::connect(&url)
+            .await
+            .unwrap();
+        let now = gatehouse::exceptions::now_ms();
+        store
+            .insert(&Exception {
+                id: "EXC-LEGACYPROD01".into(),
+                subject: Subject::Principal("alice@bank.example".into()),
+                scope: Scope::WorkspaceAccess {
+                    workspace: "prod".into(),
+                    categories: vec!["metadata".into()],
+                },
+                reason: "incident review".into(),
+                ticket: "INC-1".into(),
+                requester: "alice@bank.example".into(),
+                requested_at: now,
+                duration_ms: 3_600_000,
+                required_approvals: 1,
+                approvals: vec![],
+                status: Status::Approved,
+                approved_at: Some(now),
+                expires_at: Some(now + 3_600_000),
+                closed: None,
+            })
+            .await
+            .unwrap();
+    }
+    let h = s3_harness_with(&exceptions_toml(&dir.display().to_string())).await;
+    let p = people(&h);
+    let r = h
+        .send(
+            false,
+            Method::GET,
+            gatehouse::testing::PROD_HOST,
+            "/api/2.1/clusters/list",
+            Some(&p.alice),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace.humans_denied"),
+        "{:?}",
+        r.json()
+    );
+    assert!(h.standin.seen().is_empty());
+    let denied = h
+        .trail()
+        .into_iter()
+        .find(|r| r["phase"] == "decision")
+        .unwrap();
+    assert_eq!(denied["decision"]["exception"], Value::Null);
+
+    // And no new one can be asked for: 422, naming the principle.
+    let (status, e) = api(&h, Method::POST, "/v1/exceptions", &p.alice, Some(json!({
+        "kind": "workspace-access", "subject": "alice@bank.example", "workspace": "prod",
+        "categories": ["metadata"], "reason": "incident review", "ticket": "INC-7", "duration": "2h"
+    }))).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("NO_INTERACTIVE_ACCESS")
+        ),
+        "{e}"
+    );
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .contains("no interactive access in production"));
+    let (_, listed) = api(
+        &h,
+        Method::GET,
+        "/v1/exceptions?status=pending",
+        &p.alice,
+        None,
+    )
+    .await;
+    assert_eq!(listed["exceptions"], json!([]));
+}
+
 /// A `gatehouse serve` process: killed when dropped.
 struct Process {
     child: std::process::Child,

@@ -224,6 +224,8 @@ pub struct Limits {
     pub max_days: u32,
     pub required: Required,
     pub workspaces: Vec<String>,
+    /// Workspaces with `humans = "deny"`: no `workspace-access` exception is ever granted there.
+    pub people_denied: Vec<String>,
     pub raw_buckets: Vec<String>,
     /// Actions a `download` exception may name: the catalog's download and credential actions.
     pub download_actions: Vec<String>,
@@ -327,6 +329,17 @@ pub fn request(
         )));
     }
     check_scope(&new.scope, limits).map_err(|m| refuse(422, "SCOPE_TOO_BROAD", m))?;
+    if let Scope::WorkspaceAccess { workspace, .. } = &new.scope {
+        if limits.people_denied.contains(workspace) {
+            return Err(refuse(
+                422,
+                "NO_INTERACTIVE_ACCESS",
+                format!(
+                    "workspace {workspace} denies people (humans = \"deny\"): no interactive access in production, so no exception can let a person in; only service principals act there"
+                ),
+            ));
+        }
+    }
     Ok(Exception {
         id,
         required_approvals: limits.required.of(new.scope.kind()).max(1),

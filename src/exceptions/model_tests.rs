@@ -5,7 +5,12 @@ fn limits() -> Limits {
         approver_groups: vec!["cdao-approvers".into()],
         max_days: 30,
         required: Required::default(),
-        workspaces: vec!["prod-analytics".into(), "prod-parallel".into()],
+        workspaces: vec![
+            "prod-analytics".into(),
+            "prod-parallel".into(),
+            "prod".into(),
+        ],
+        people_denied: vec!["prod".into()],
         raw_buckets: vec!["raw-bucket".into()],
         download_actions: vec!["dbfs.read".into(), "files.download".into()],
     }
@@ -153,6 +158,46 @@ fn scopes_broader_than_allowed_are_refused() {
     )
     .unwrap();
     assert_eq!(ok.required_approvals, 1);
+}
+
+#[test]
+fn workspace_access_is_never_requested_for_a_workspace_that_denies_people() {
+    let access = |workspace: &str| NewRequest {
+        subject: Subject::Principal("bob@bank.test".into()),
+        scope: Scope::WorkspaceAccess {
+            workspace: workspace.into(),
+            categories: vec!["metadata".into()],
+        },
+        ..raw_request()
+    };
+    let alice = person("alice@bank.test", &[]);
+    let e = request(access("prod"), &alice, "E".into(), 0, &limits())
+        .expect_err("no interactive access in production");
+    assert_eq!((e.status, e.code), (422, "NO_INTERACTIVE_ACCESS"));
+    assert!(
+        e.message.contains("no interactive access in production") && e.message.contains("prod"),
+        "{}",
+        e.message
+    );
+    // For a group too, and whatever the categories.
+    let mut for_group = access("prod");
+    for_group.subject = Subject::Group("data-scientists".into());
+    assert_eq!(
+        refused(request(for_group, &alice, "E".into(), 0, &limits())),
+        (422, "NO_INTERACTIVE_ACCESS")
+    );
+    // Download exceptions for service principals there stay possible.
+    let download = NewRequest {
+        subject: Subject::Principal("sp-aiml-prod".into()),
+        scope: Scope::Download {
+            workspace: "prod".into(),
+            actions: vec!["dbfs.read".into()],
+            prefix: "dbfs:/FileStore/approved/".into(),
+        },
+        ..raw_request()
+    };
+    assert!(request(download, &alice, "E".into(), 0, &limits()).is_ok());
+    assert!(request(access("prod-parallel"), &alice, "E".into(), 0, &limits()).is_ok());
 }
 
 #[test]

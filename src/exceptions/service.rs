@@ -55,6 +55,12 @@ pub fn limits(config: &Config, exceptions: &ExceptionsConfig) -> Limits {
         max_days: exceptions.max_days,
         required: exceptions.required,
         workspaces: config.workspaces.iter().map(|w| w.name.clone()).collect(),
+        people_denied: config
+            .workspaces
+            .iter()
+            .filter(|w| w.humans == crate::config::HumansMode::Deny)
+            .map(|w| w.name.clone())
+            .collect(),
         raw_buckets: config
             .buckets
             .iter()

@@ -132,6 +132,7 @@ async fn suite(store: &Store) {
         max_days: 30,
         required: model::Required::default(),
         workspaces: vec![],
+        people_denied: vec![],
         raw_buckets: vec![],
         download_actions: vec![],
     };

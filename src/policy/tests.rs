@@ -240,21 +240,40 @@ fn a_workspace_access_exception_lets_a_person_in_for_its_categories_only() {
         let d = decide(&r, &alice, w, a, None, &index.at(t));
         (d.effect, d.rule, d.exception)
     };
-    for mode in [HumansMode::Deny, HumansMode::ConfigOnly] {
-        assert_eq!(
-            at(10, &ws(mode), &LIST),
-            (Effect::Allow, "exception.approved", Some("exc-wa".into()))
-        );
-        // Not beyond its categories, not past the download block, not after it lapses.
-        assert_eq!(at(10, &ws(mode), &CONFIG).0, Effect::Deny);
-        assert_eq!(at(10, &ws(mode), &READ).0, Effect::Deny);
-        assert_eq!(at(100, &ws(mode), &LIST).0, Effect::Deny);
-    }
+    let mode = HumansMode::ConfigOnly;
+    assert_eq!(
+        at(10, &ws(mode), &LIST),
+        (Effect::Allow, "exception.approved", Some("exc-wa".into()))
+    );
+    // Not beyond its categories, not past the download block, not after it lapses.
+    assert_eq!(at(10, &ws(mode), &CONFIG).0, Effect::Deny);
+    assert_eq!(at(10, &ws(mode), &READ).0, Effect::Deny);
+    assert_eq!(at(100, &ws(mode), &LIST).0, Effect::Deny);
     let elsewhere = WorkspacePolicy {
         name: "prod".into(),
-        ..ws(HumansMode::Deny)
+        ..ws(HumansMode::ConfigOnly)
     };
-    assert_eq!(at(10, &elsewhere, &LIST).1, "workspace.humans_denied");
+    assert_eq!(at(10, &elsewhere, &LIST).1, "workspace.config_only");
+}
+
+#[test]
+fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
+    // The same exception, in force, for a workspace whose mode is (or has since become)
+    // `humans = "deny"`: no interactive access in production, whatever the store holds.
+    let index = alice_may_look_around_w();
+    let alice = person(&["data-scientists"]);
+    let d = decide(
+        &rules(),
+        &alice,
+        &ws(HumansMode::Deny),
+        &LIST,
+        None,
+        &index.at(10),
+    );
+    assert_eq!(
+        (d.effect, d.rule, d.exception),
+        (Effect::Deny, "workspace.humans_denied", None)
+    );
 }
 
 #[test]
