@@ -567,6 +567,150 @@ async fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
     assert_eq!(listed["exceptions"], json!([]));
 }
 
+/// An exception as it would be in a store: a download of `dbfs:/FileStore/approved/` for
+/// sp-aiml-prod, one approval needed.
+fn stored(
+    id: &str,
+    status: gatehouse::exceptions::model::Status,
+) -> gatehouse::exceptions::model::Exception {
+    use gatehouse::exceptions::model::{Approval, Exception, Scope, Status, Subject};
+    let now = gatehouse::exceptions::now_ms();
+    let approved = status == Status::Approved;
+    Exception {
+        id: id.into(),
+        subject: Subject::Principal("sp-aiml-prod".into()),
+        scope: Scope::Download {
+            workspace: "prod-analytics".into(),
+            actions: vec!["dbfs.read".into()],
+            prefix: "dbfs:/FileStore/approved/".into(),
+        },
+        reason: "export the approved extract".into(),
+        ticket: "CHG-9".into(),
+        requester: "alice@bank.example".into(),
+        requested_at: now,
+        duration_ms: 3_600_000,
+        required_approvals: 1,
+        approvals: approved
+            .then(|| Approval {
+                approver: "erin@bank.example".into(),
+                at: now,
+                comment: None,
+            })
+            .into_iter()
+            .collect(),
+        status,
+        approved_at: approved.then_some(now),
+        expires_at: approved.then_some(now + 3_600_000),
+        closed: None,
+    }
+}
+
+/// Approving, rejecting and revoking take effect only once the trail has their record: while
+/// it cannot take records, each is refused with 503 and the store is left as it was.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_step_the_trail_cannot_record_is_not_taken() {
+    use gatehouse::exceptions::model::Status;
+    use gatehouse::exceptions::store::Store;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}/gatehouse.db", dir.display());
+    let before = [
+        stored("EXC-TOAPPROVE001", Status::Pending),
+        stored("EXC-TOREJECT0001", Status::Pending),
+        stored("EXC-TOREVOKE0001", Status::Approved),
+    ];
+    {
+        let store = Store::connect(&url).await.unwrap();
+        for ex in &before {
+            store.insert(ex).await.unwrap();
+        }
+    }
+    let first_segment = |audit_dir: &std::path::Path| {
+        audit_dir.join(gatehouse::audit::segment::segment_name("gw-test", 1))
+    };
+    let h = common::s3::s3_harness_from(
+        |standin| common::s3::s3_options(standin, &exceptions_toml(&dir.display().to_string())),
+        |audit_dir| {
+            std::fs::create_dir_all(audit_dir).unwrap();
+            // The trail's segment lives on a full disk: every write fails with ENOSPC.
+            std::os::unix::fs::symlink("/dev/full", first_segment(audit_dir)).unwrap();
+        },
+    )
+    .await;
+    let p = people(&h);
+    for (id, verb) in [
+        ("EXC-TOAPPROVE001", "approve"),
+        ("EXC-TOREJECT0001", "reject"),
+        ("EXC-TOREVOKE0001", "revoke"),
+    ] {
+        let (status, e) = step(&h, id, verb, &p.carol, Some(json!({"comment": "ok"}))).await;
+        assert_eq!(
+            (status, e["error_code"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("TEMPORARILY_UNAVAILABLE")
+            ),
+            "{verb}: {e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains("audit trail"),
+            "{e}"
+        );
+    }
+    // Nor is a new request taken.
+    let (status, _) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.alice,
+        Some(json!({
+            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
+            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/other/",
+            "reason": "r", "ticket": "CHG-10", "duration": "1h"
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The store holds exactly what it held.
+    let store = Store::connect(&url).await.unwrap();
+    for ex in &before {
+        assert_eq!(store.get(&ex.id).await.unwrap(), Some((ex.clone(), 1)));
+    }
+    assert_eq!(
+        store
+            .list(None, None, None, i64::MAX, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Space comes back: the approval is recorded, then taken; the refused steps left no
+    // record behind.
+    std::fs::remove_file(first_segment(&h.fixture.audit_dir)).unwrap();
+    let (status, ex) = step(&h, "EXC-TOAPPROVE001", "approve", &p.carol, None).await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved")),
+        "{ex}"
+    );
+    let steps: Vec<(String, String)> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "exception")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_owned(),
+                r["exception"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [("approve".to_owned(), "EXC-TOAPPROVE001".to_owned())]
+    );
+}
+
 /// A `gatehouse serve` process: killed when dropped.
 struct Process {
     child: std::process::Child,
