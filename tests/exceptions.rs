@@ -567,6 +567,104 @@ async fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
     assert_eq!(listed["exceptions"], json!([]));
 }
 
+/// A download exception covers the asset the upstream would serve, named one way: a path
+/// that climbs out of its prefix is judged where it lands, an ambiguous one is refused, and
+/// the trail records the resolved asset.
+#[tokio::test]
+async fn a_download_exception_covers_resolved_paths_by_whole_segments() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let sp = h.service();
+    let (status, ex) = api(
+        &h,
+        Method::POST,
+        "/v1/exceptions",
+        &p.alice,
+        Some(json!({
+            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
+            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved",
+            "reason": "export the approved extract", "ticket": "CHG-4", "duration": "1h"
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    let (status, _) = step(&h, id, "approve", &p.carol, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let read = |path: &str| format!("/api/2.0/dbfs/read?path={path}");
+    // The asset each request was judged on, from its decision record.
+    let judged = |r: &common::Reply| {
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        let decision = h
+            .records_for(rid)
+            .into_iter()
+            .find(|r| r["phase"] == "decision")
+            .unwrap();
+        (
+            decision["asset"]["path"].as_str().unwrap_or("-").to_owned(),
+            decision["decision"]["rule"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    // Out of the prefix by dot segments: denied where it lands, never forwarded.
+    for climbing in [
+        "dbfs:/FileStore/approved/../../mnt/pii/x",
+        "dbfs%3A%2FFileStore%2Fapproved%2F..%2F..%2Fmnt%2Fpii%2Fx",
+        "dbfs:/FileStore/approved/%2e%2e/%2e%2e/mnt/pii/x",
+    ] {
+        let r = h.get(&read(climbing), &sp).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{climbing}");
+        assert_eq!(
+            judged(&r),
+            ("dbfs:/mnt/pii/x".to_owned(), "downloads.blocked".to_owned()),
+            "{climbing}"
+        );
+    }
+    // A neighbour whose name starts like the prefix is not under it.
+    let r = h
+        .get(&read("dbfs:/FileStore/approved-pii/x.csv"), &sp)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // What cannot be read one way is refused before any decision.
+    for ambiguous in [
+        "dbfs:/FileStore/approved/../../../../x",
+        "dbfs:/FileStore/approved%252F..%252F..%252Fmnt%252Fpii%252Fx",
+        "dbfs://FileStore/approved/x",
+        "dbfs:/FileStore/approved/x&path=dbfs:/mnt/pii/x",
+        "dbfs:/FileStore/approved/x%00",
+    ] {
+        let r = h.get(&read(ambiguous), &sp).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{ambiguous}");
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("request.unnormalisable"),
+            "{ambiguous}: {:?}",
+            r.json()
+        );
+    }
+    assert!(
+        h.standin.seen().is_empty(),
+        "reached the upstream: {:?}",
+        h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+
+    // Inside the prefix however it is spelled: allowed, and recorded resolved.
+    let r = h
+        .get(&read("dbfs:/FileStore//approved/./sub/../x.csv"), &sp)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        judged(&r),
+        (
+            "dbfs:/FileStore/approved/x.csv".to_owned(),
+            "exception.approved".to_owned()
+        )
+    );
+    assert_eq!(h.standin.seen().len(), 1);
+}
+
 /// An exception as it would be in a store: a download of `dbfs:/FileStore/approved/` for
 /// sp-aiml-prod, one approval needed.
 fn stored(

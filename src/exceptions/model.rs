@@ -328,6 +328,15 @@ pub fn request(
             limits.max_days
         )));
     }
+    let mut new = new;
+    if let Scope::Download { prefix, .. } = &mut new.scope {
+        // Kept as the classifier gives assets, so what approvers read is what is matched.
+        *prefix = crate::classify::databricks::asset_prefix(prefix).map_err(|e| {
+            unprocessable(format!(
+                "the asset prefix cannot be read one way ({e}): name it plainly, e.g. dbfs:/FileStore/approved/"
+            ))
+        })?;
+    }
     check_scope(&new.scope, limits).map_err(|m| refuse(422, "SCOPE_TOO_BROAD", m))?;
     if let Scope::WorkspaceAccess { workspace, .. } = &new.scope {
         if limits.people_denied.contains(workspace) {

@@ -158,6 +158,42 @@ fn scopes_broader_than_allowed_are_refused() {
     )
     .unwrap();
     assert_eq!(ok.required_approvals, 1);
+    // Prefixes are kept resolved, as assets are; one that cannot be is refused.
+    let prefix_of = |prefix: &str| {
+        let new = NewRequest {
+            scope: download(&["dbfs.read"], prefix),
+            ..raw_request()
+        };
+        request(new, &alice, "E".into(), 0, &limits()).map(|e| match e.scope {
+            Scope::Download { prefix, .. } => prefix,
+            _ => unreachable!(),
+        })
+    };
+    assert_eq!(
+        prefix_of("DBFS:/FileStore//approved/./").unwrap(),
+        "dbfs:/FileStore/approved/"
+    );
+    assert_eq!(
+        prefix_of("dbfs:/Volumes/c/s/v/").unwrap(),
+        "/Volumes/c/s/v/"
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/approved/../../..").map(|_| raw_ex())),
+        (422, "INVALID_REQUEST")
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/..").map(|_| raw_ex())),
+        too_broad,
+        "resolves to the root"
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/a%2Fb/").map(|_| raw_ex())),
+        (422, "INVALID_REQUEST")
+    );
+}
+
+fn raw_ex() -> Exception {
+    requested(raw_request())
 }
 
 #[test]

@@ -893,7 +893,19 @@ fn classify_for_workspace(
             ))
         }
     };
-    let mut classification = classify::databricks::classify(method, &normalized, uri.query());
+    let mut classification = match classify::databricks::classify(method, &normalized, uri.query())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(refuse(
+                Refusal::BadRequest,
+                "request.unnormalisable",
+                format!("{e}; the request was refused").into(),
+                authority,
+                Some(&workspace),
+            ))
+        }
+    };
     if wants_upgrade(version, headers) {
         let websocket = headers
             .get_all(header::UPGRADE)
