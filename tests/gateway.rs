@@ -408,6 +408,46 @@ async fn workspace_modes_hold_for_people() {
         .contains("principal.denied_group"));
 }
 
+/// `human_groups` on a workspace where people are allowed: from the reload on, only its
+/// members act there as people; service principals are not concerned.
+#[tokio::test]
+async fn human_groups_say_which_people_act_where_people_are_allowed() {
+    let h = Harness::start().await;
+    let alice = h.alice(); // data-scientists
+    let bob = h.token("bob@bank.example", "user", &["retail-banking"]);
+    let sp = h.service();
+    let list = async |token: &str| h.get("/api/2.1/clusters/list", token).await;
+    // Empty (the fixture): anyone with a token, as before.
+    assert_eq!(list(&bob).await.status, StatusCode::OK);
+
+    let path = &h.fixture.config_path;
+    let original = std::fs::read_to_string(path).unwrap();
+    let analytics = "name = \"prod-analytics\"\n";
+    assert!(original.contains(analytics));
+    let narrowed = original.replacen(
+        analytics,
+        &format!("{analytics}human_groups = [\"data-scientists\", \"aiml-engineering\"]\n"),
+        1,
+    );
+    std::fs::write(path, narrowed).unwrap();
+    let outcome = h.running().reload();
+    assert!(outcome.applied, "{outcome:?}");
+
+    let seen = h.standin.seen().len();
+    let r = list(&bob).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("workspace.humans_denied"), "{message}");
+    assert!(
+        message.contains("data-scientists, aiml-engineering"),
+        "{message}"
+    );
+    assert_eq!(h.standin.seen().len(), seen, "never forwarded");
+    assert_eq!(list(&alice).await.status, StatusCode::OK);
+    assert_eq!(list(&sp).await.status, StatusCode::OK);
+    assert_eq!(h.standin.seen().len(), seen + 2);
+}
+
 #[tokio::test]
 async fn unknown_apis_are_denied_by_default_and_recorded_when_configured() {
     let h = Harness::start().await;

@@ -271,6 +271,21 @@ fn humans_rule(
     action: &Action,
 ) -> Option<Decision> {
     match workspace.humans {
+        // Where people are allowed, `human_groups` (when set) says which people: a bank's
+        // other token holders are not this workspace's users.
+        HumansMode::Allow
+            if !workspace.human_groups.is_empty()
+                && !principal.in_any_group(&workspace.human_groups) =>
+        {
+            Some(Decision::deny(
+                "workspace.humans_denied",
+                format!(
+                    "in workspace {} only members of {} act as people",
+                    workspace.name,
+                    workspace.human_groups.join(", ")
+                ),
+            ))
+        }
         HumansMode::Allow => None,
         HumansMode::Deny => Some(Decision::deny(
             "workspace.humans_denied",

@@ -20,11 +20,24 @@ fn service() -> Principal {
     }
 }
 
+/// Workspace `w`; under `config-only`, for the release managers.
 fn ws(humans: HumansMode) -> WorkspacePolicy {
+    let human_groups = match humans {
+        HumansMode::ConfigOnly => vec!["aiml-release-managers".into()],
+        _ => vec![],
+    };
     WorkspacePolicy {
         name: "w".into(),
         humans,
-        human_groups: vec!["aiml-release-managers".into()],
+        human_groups,
+    }
+}
+
+/// Workspace `w` open to people who are in `groups`.
+fn allow_for(groups: &[&str]) -> WorkspacePolicy {
+    WorkspacePolicy {
+        human_groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..ws(HumansMode::Allow)
     }
 }
 
@@ -86,6 +99,51 @@ fn the_decision_table() {
             action.name
         );
     }
+}
+
+#[test]
+fn human_groups_narrow_who_acts_as_a_person_where_people_are_allowed() {
+    let r = rules();
+    let w = allow_for(&["data-scientists", "aiml-engineering"]);
+    let ds = person(&["data-scientists"]);
+    let eng = person(&["aiml-engineering", "x"]);
+    let other = person(&["retail-banking"]);
+    let nobody = person(&[]);
+    assert_eq!(rule(&r, &ds, &w, &LIST), (Effect::Allow, "default.allow"));
+    assert_eq!(
+        rule(&r, &eng, &w, &CONFIG),
+        (Effect::Allow, "default.allow")
+    );
+    for p in [&other, &nobody] {
+        assert_eq!(
+            rule(&r, p, &w, &LIST),
+            (Effect::Deny, "workspace.humans_denied")
+        );
+    }
+    // Group names compare exactly.
+    let near = person(&["Data-Scientists", "data-scientists-ro"]);
+    assert_eq!(rule(&r, &near, &w, &LIST).0, Effect::Deny);
+    let d = decide(&r, &other, &w, &LIST, None, &NoExceptions);
+    assert!(
+        d.reason.contains("data-scientists, aiml-engineering"),
+        "the reason names the groups: {}",
+        d.reason
+    );
+    // Machines are not people: the groups do not apply to them.
+    assert_eq!(
+        rule(&r, &service(), &w, &LIST),
+        (Effect::Allow, "default.allow")
+    );
+    // Members are still under the download block.
+    assert_eq!(
+        rule(&r, &ds, &w, &READ),
+        (Effect::Deny, "downloads.blocked")
+    );
+    // Empty: anyone with a token acts as a person, as before.
+    assert_eq!(
+        rule(&r, &other, &allow_for(&[]), &LIST),
+        (Effect::Allow, "default.allow")
+    );
 }
 
 #[test]
