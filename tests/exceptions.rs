@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::s3::{request, s3_harness_with, send, LAB_KEY};
 use common::Harness;
+use gatehouse::exceptions::model::{Approval, Exception, Scope, Status, Subject};
+use gatehouse::exceptions::store::Store;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -86,6 +88,31 @@ async fn step(
         body,
     )
     .await
+}
+
+/// `GET /v1/exceptions/{id}`, as alice.
+async fn show(h: &Harness, id: &str) -> Value {
+    let alice = people(h).alice;
+    let path = format!("/v1/exceptions/{id}");
+    let (status, ex) = api(h, Method::GET, &path, &alice, None).await;
+    assert_eq!(status, StatusCode::OK, "{ex}");
+    ex
+}
+
+/// Alice asks for a `dbfs.read` download exception in prod-analytics.
+async fn ask_download(
+    h: &Harness,
+    subject: &str,
+    prefix: &str,
+    duration: &str,
+) -> (StatusCode, Value) {
+    let alice = people(h).alice;
+    let body = json!({
+        "kind": "download", "subject": subject, "workspace": "prod-analytics",
+        "actions": ["dbfs.read"], "prefix": prefix,
+        "reason": "export the approved extract", "ticket": "CHG-2", "duration": duration
+    });
+    api(h, Method::POST, "/v1/exceptions", &alice, Some(body)).await
 }
 
 /// Polls until `check` holds, for at most `limit`; returns how long it took.
@@ -275,18 +302,7 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
         StatusCode::FORBIDDEN
     );
 
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        "/v1/exceptions",
-        &p.alice,
-        Some(json!({
-            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
-            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved/",
-            "reason": "export the approved extract", "ticket": "CHG-2", "duration": "2s"
-        })),
-    )
-    .await;
+    let (status, ex) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/approved/", "2s").await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
     let id = ex["id"].as_str().unwrap();
     let (status, ex) = step(&h, id, "approve", &p.carol, None).await;
@@ -323,15 +339,7 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
             == StatusCode::FORBIDDEN
     })
     .await;
-    let (_, ex) = api(
-        &h,
-        Method::GET,
-        &format!("/v1/exceptions/{id}"),
-        &p.alice,
-        None,
-    )
-    .await;
-    assert_eq!(ex["status"], "expired");
+    assert_eq!(show(&h, id).await["status"], "expired");
 }
 
 #[tokio::test]
@@ -426,16 +434,11 @@ async fn refusals_say_why_in_the_api_shape() {
 async fn a_member_of_the_subject_group_cannot_approve_it() {
     let h = with_exceptions().await;
     let p = people(&h);
-    let (status, ex) = api(
+    let (status, ex) = ask_download(
         &h,
-        Method::POST,
-        "/v1/exceptions",
-        &p.alice,
-        Some(json!({
-            "kind": "download", "subject": "group:aiml-engineering", "workspace": "prod-analytics",
-            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved/",
-            "reason": "export the approved extract", "ticket": "CHG-3", "duration": "4h"
-        })),
+        "group:aiml-engineering",
+        "dbfs:/FileStore/approved/",
+        "4h",
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
@@ -457,14 +460,7 @@ async fn a_member_of_the_subject_group_cannot_approve_it() {
         message.contains("group:aiml-engineering") && message.contains("member"),
         "{message}"
     );
-    let (_, now) = api(
-        &h,
-        Method::GET,
-        &format!("/v1/exceptions/{id}"),
-        &p.alice,
-        None,
-    )
-    .await;
+    let now = show(&h, id).await;
     assert_eq!(now["status"], "pending");
     assert_eq!(now["approvals"].as_array().unwrap().len(), 0);
     // An approver outside the group can.
@@ -477,39 +473,19 @@ async fn a_member_of_the_subject_group_cannot_approve_it() {
 
 #[tokio::test]
 async fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let url = format!("sqlite://{}/gatehouse.db", dir.display());
     // Already in the store, approved and in force (from before the upgrade): alice may look
     // around `prod`, whose configuration says humans = "deny".
-    {
-        use gatehouse::exceptions::model::{Exception, Scope, Status, Subject};
-        let store = gatehouse::exceptions::store::Store::connect(&url)
-            .await
-            .unwrap();
-        let now = gatehouse::exceptions::now_ms();
-        store
-            .insert(&Exception {
-                id: "EXC-LEGACYPROD01".into(),
-                subject: Subject::Principal("alice@bank.example".into()),
-                scope: Scope::WorkspaceAccess {
-                    workspace: "prod".into(),
-                    categories: vec!["metadata".into()],
-                },
-                reason: "incident review".into(),
-                ticket: "INC-1".into(),
-                requester: "alice@bank.example".into(),
-                requested_at: now,
-                duration_ms: 3_600_000,
-                required_approvals: 1,
-                approvals: vec![],
-                status: Status::Approved,
-                approved_at: Some(now),
-                expires_at: Some(now + 3_600_000),
-                closed: None,
-            })
-            .await
-            .unwrap();
-    }
+    let scope = Scope::WorkspaceAccess {
+        workspace: "prod".into(),
+        categories: vec!["metadata".into()],
+    };
+    let legacy = stored(
+        "EXC-LEGACYPROD01",
+        "alice@bank.example",
+        scope,
+        Status::Approved,
+    );
+    let (dir, _) = store_holding(&[legacy]).await;
     let h = s3_harness_with(&exceptions_toml(&dir.display().to_string())).await;
     let p = people(&h);
     let r = h
@@ -575,18 +551,7 @@ async fn a_download_exception_covers_resolved_paths_by_whole_segments() {
     let h = with_exceptions().await;
     let p = people(&h);
     let sp = h.service();
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        "/v1/exceptions",
-        &p.alice,
-        Some(json!({
-            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
-            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved",
-            "reason": "export the approved extract", "ticket": "CHG-4", "duration": "1h"
-        })),
-    )
-    .await;
+    let (status, ex) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/approved", "1h").await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
     let id = ex["id"].as_str().unwrap();
     let (status, _) = step(&h, id, "approve", &p.carol, None).await;
@@ -665,23 +630,15 @@ async fn a_download_exception_covers_resolved_paths_by_whole_segments() {
     assert_eq!(h.standin.seen().len(), 1);
 }
 
-/// An exception as it would be in a store: a download of `dbfs:/FileStore/approved/` for
-/// sp-aiml-prod, one approval needed.
-fn stored(
-    id: &str,
-    status: gatehouse::exceptions::model::Status,
-) -> gatehouse::exceptions::model::Exception {
-    use gatehouse::exceptions::model::{Approval, Exception, Scope, Status, Subject};
+/// An exception as it would be in a store, requested by alice, one approval needed (given
+/// by erin when `status` is approved, in force for an hour from now).
+fn stored(id: &str, subject: &str, scope: Scope, status: Status) -> Exception {
     let now = gatehouse::exceptions::now_ms();
     let approved = status == Status::Approved;
     Exception {
         id: id.into(),
-        subject: Subject::Principal("sp-aiml-prod".into()),
-        scope: Scope::Download {
-            workspace: "prod-analytics".into(),
-            actions: vec!["dbfs.read".into()],
-            prefix: "dbfs:/FileStore/approved/".into(),
-        },
+        subject: Subject::parse(subject).unwrap(),
+        scope,
         reason: "export the approved extract".into(),
         ticket: "CHG-9".into(),
         requester: "alice@bank.example".into(),
@@ -703,26 +660,39 @@ fn stored(
     }
 }
 
+/// sp-aiml-prod may read `dbfs:/FileStore/approved/` in prod-analytics.
+fn approved_extract(id: &str, status: Status) -> Exception {
+    let scope = Scope::Download {
+        workspace: "prod-analytics".into(),
+        actions: vec!["dbfs.read".into()],
+        prefix: "dbfs:/FileStore/approved/".into(),
+    };
+    stored(id, "sp-aiml-prod", scope, status)
+}
+
+/// A new store directory already holding `exceptions`, as a gateway would find it at start;
+/// the store's URL too.
+async fn store_holding(exceptions: &[Exception]) -> (std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}/gatehouse.db", dir.display());
+    let store = Store::connect(&url).await.unwrap();
+    for ex in exceptions {
+        store.insert(ex).await.unwrap();
+    }
+    (dir, url)
+}
+
 /// Approving, rejecting and revoking take effect only once the trail has their record: while
 /// it cannot take records, each is refused with 503 and the store is left as it was.
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_step_the_trail_cannot_record_is_not_taken() {
-    use gatehouse::exceptions::model::Status;
-    use gatehouse::exceptions::store::Store;
-    let dir = tempfile::tempdir().unwrap().keep();
-    let url = format!("sqlite://{}/gatehouse.db", dir.display());
     let before = [
-        stored("EXC-TOAPPROVE001", Status::Pending),
-        stored("EXC-TOREJECT0001", Status::Pending),
-        stored("EXC-TOREVOKE0001", Status::Approved),
+        approved_extract("EXC-TOAPPROVE001", Status::Pending),
+        approved_extract("EXC-TOREJECT0001", Status::Pending),
+        approved_extract("EXC-TOREVOKE0001", Status::Approved),
     ];
-    {
-        let store = Store::connect(&url).await.unwrap();
-        for ex in &before {
-            store.insert(ex).await.unwrap();
-        }
-    }
+    let (dir, url) = store_holding(&before).await;
     let first_segment = |audit_dir: &std::path::Path| {
         audit_dir.join(gatehouse::audit::segment::segment_name("gw-test", 1))
     };
@@ -756,18 +726,7 @@ async fn a_step_the_trail_cannot_record_is_not_taken() {
         );
     }
     // Nor is a new request taken.
-    let (status, _) = api(
-        &h,
-        Method::POST,
-        "/v1/exceptions",
-        &p.alice,
-        Some(json!({
-            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
-            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/other/",
-            "reason": "r", "ticket": "CHG-10", "duration": "1h"
-        })),
-    )
-    .await;
+    let (status, _) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/other/", "1h").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The store holds exactly what it held.
     let store = Store::connect(&url).await.unwrap();
