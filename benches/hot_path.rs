@@ -55,7 +55,8 @@ fn classify_and_decide(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let normalized = normalize_path(black_box(path)).expect("valid path");
-                let class = databricks::classify(&method, &normalized, black_box(query));
+                let class = databricks::classify(&method, &normalized, black_box(query))
+                    .expect("unambiguous parameters");
                 let d = decide(
                     &rules,
                     &principal,

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::s3::{request, s3_harness_with, send, LAB_KEY};
 use common::Harness;
+use gatehouse::exceptions::model::{Approval, Exception, Scope, Status, Subject};
+use gatehouse::exceptions::store::Store;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -86,6 +88,31 @@ async fn step(
         body,
     )
     .await
+}
+
+/// `GET /v1/exceptions/{id}`, as alice.
+async fn show(h: &Harness, id: &str) -> Value {
+    let alice = people(h).alice;
+    let path = format!("/v1/exceptions/{id}");
+    let (status, ex) = api(h, Method::GET, &path, &alice, None).await;
+    assert_eq!(status, StatusCode::OK, "{ex}");
+    ex
+}
+
+/// Alice asks for a `dbfs.read` download exception in prod-analytics.
+async fn ask_download(
+    h: &Harness,
+    subject: &str,
+    prefix: &str,
+    duration: &str,
+) -> (StatusCode, Value) {
+    let alice = people(h).alice;
+    let body = json!({
+        "kind": "download", "subject": subject, "workspace": "prod-analytics",
+        "actions": ["dbfs.read"], "prefix": prefix,
+        "reason": "export the approved extract", "ticket": "CHG-2", "duration": duration
+    });
+    api(h, Method::POST, "/v1/exceptions", &alice, Some(body)).await
 }
 
 /// Polls until `check` holds, for at most `limit`; returns how long it took.
@@ -275,18 +302,7 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
         StatusCode::FORBIDDEN
     );
 
-    let (status, ex) = api(
-        &h,
-        Method::POST,
-        "/v1/exceptions",
-        &p.alice,
-        Some(json!({
-            "kind": "download", "subject": "sp-aiml-prod", "workspace": "prod-analytics",
-            "actions": ["dbfs.read"], "prefix": "dbfs:/FileStore/approved/",
-            "reason": "export the approved extract", "ticket": "CHG-2", "duration": "2s"
-        })),
-    )
-    .await;
+    let (status, ex) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/approved/", "2s").await;
     assert_eq!(status, StatusCode::CREATED, "{ex}");
     let id = ex["id"].as_str().unwrap();
     let (status, ex) = step(&h, id, "approve", &p.carol, None).await;
@@ -323,15 +339,7 @@ async fn a_download_exception_opens_one_prefix_and_lapses_by_itself() {
             == StatusCode::FORBIDDEN
     })
     .await;
-    let (_, ex) = api(
-        &h,
-        Method::GET,
-        &format!("/v1/exceptions/{id}"),
-        &p.alice,
-        None,
-    )
-    .await;
-    assert_eq!(ex["status"], "expired");
+    assert_eq!(show(&h, id).await["status"], "expired");
 }
 
 #[tokio::test]
@@ -420,6 +428,344 @@ async fn refusals_say_why_in_the_api_shape() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{e:?}");
     let (status, _) = api(&h, Method::GET, "/v1/exceptions/EXC-NOSUCH", &p.alice, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_member_of_the_subject_group_cannot_approve_it() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let (status, ex) = ask_download(
+        &h,
+        "group:aiml-engineering",
+        "dbfs:/FileStore/approved/",
+        "4h",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    // An approver whose token says they are in the group the exception is for.
+    let member = h.token(
+        "mallory@bank.example",
+        "user",
+        &["cdao-approvers", "aiml-engineering"],
+    );
+    let (status, e) = step(&h, id, "approve", &member, None).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("SELF_APPROVAL")),
+        "{e}"
+    );
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("group:aiml-engineering") && message.contains("member"),
+        "{message}"
+    );
+    let now = show(&h, id).await;
+    assert_eq!(now["status"], "pending");
+    assert_eq!(now["approvals"].as_array().unwrap().len(), 0);
+    // An approver outside the group can.
+    let (status, ex) = step(&h, id, "approve", &p.carol, None).await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved"))
+    );
+}
+
+#[tokio::test]
+async fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
+    // Already in the store, approved and in force (from before the upgrade): alice may look
+    // around `prod`, whose configuration says humans = "deny".
+    let scope = Scope::WorkspaceAccess {
+        workspace: "prod".into(),
+        categories: vec!["metadata".into()],
+    };
+    let legacy = stored(
+        "EXC-LEGACYPROD01",
+        "alice@bank.example",
+        scope,
+        Status::Approved,
+    );
+    let (dir, _) = store_holding(&[legacy]).await;
+    let h = s3_harness_with(&exceptions_toml(&dir.display().to_string())).await;
+    let p = people(&h);
+    let r = h
+        .send(
+            false,
+            Method::GET,
+            gatehouse::testing::PROD_HOST,
+            "/api/2.1/clusters/list",
+            Some(&p.alice),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("workspace.humans_denied"),
+        "{:?}",
+        r.json()
+    );
+    assert!(h.standin.seen().is_empty());
+    let denied = h
+        .trail()
+        .into_iter()
+        .find(|r| r["phase"] == "decision")
+        .unwrap();
+    assert_eq!(denied["decision"]["exception"], Value::Null);
+
+    // And no new one can be asked for: 422, naming the principle.
+    let (status, e) = api(&h, Method::POST, "/v1/exceptions", &p.alice, Some(json!({
+        "kind": "workspace-access", "subject": "alice@bank.example", "workspace": "prod",
+        "categories": ["metadata"], "reason": "incident review", "ticket": "INC-7", "duration": "2h"
+    }))).await;
+    assert_eq!(
+        (status, e["error_code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("NO_INTERACTIVE_ACCESS")
+        ),
+        "{e}"
+    );
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .contains("no interactive access in production"));
+    let (_, listed) = api(
+        &h,
+        Method::GET,
+        "/v1/exceptions?status=pending",
+        &p.alice,
+        None,
+    )
+    .await;
+    assert_eq!(listed["exceptions"], json!([]));
+}
+
+/// A download exception covers the asset the upstream would serve, named one way: a path
+/// that climbs out of its prefix is judged where it lands, an ambiguous one is refused, and
+/// the trail records the resolved asset.
+#[tokio::test]
+async fn a_download_exception_covers_resolved_paths_by_whole_segments() {
+    let h = with_exceptions().await;
+    let p = people(&h);
+    let sp = h.service();
+    let (status, ex) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/approved", "1h").await;
+    assert_eq!(status, StatusCode::CREATED, "{ex}");
+    let id = ex["id"].as_str().unwrap();
+    let (status, _) = step(&h, id, "approve", &p.carol, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let read = |path: &str| format!("/api/2.0/dbfs/read?path={path}");
+    // The asset each request was judged on, from its decision record.
+    let judged = |r: &common::Reply| {
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        let decision = h
+            .records_for(rid)
+            .into_iter()
+            .find(|r| r["phase"] == "decision")
+            .unwrap();
+        (
+            decision["asset"]["path"].as_str().unwrap_or("-").to_owned(),
+            decision["decision"]["rule"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    // Out of the prefix by dot segments: denied where it lands, never forwarded.
+    for climbing in [
+        "dbfs:/FileStore/approved/../../mnt/pii/x",
+        "dbfs%3A%2FFileStore%2Fapproved%2F..%2F..%2Fmnt%2Fpii%2Fx",
+        "dbfs:/FileStore/approved/%2e%2e/%2e%2e/mnt/pii/x",
+    ] {
+        let r = h.get(&read(climbing), &sp).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{climbing}");
+        assert_eq!(
+            judged(&r),
+            ("dbfs:/mnt/pii/x".to_owned(), "downloads.blocked".to_owned()),
+            "{climbing}"
+        );
+    }
+    // A neighbour whose name starts like the prefix is not under it.
+    let r = h
+        .get(&read("dbfs:/FileStore/approved-pii/x.csv"), &sp)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // What cannot be read one way is refused before any decision.
+    for ambiguous in [
+        "dbfs:/FileStore/approved/../../../../x",
+        "dbfs:/FileStore/approved%252F..%252F..%252Fmnt%252Fpii%252Fx",
+        "dbfs://FileStore/approved/x",
+        "dbfs:/FileStore/approved/x&path=dbfs:/mnt/pii/x",
+        "dbfs:/FileStore/approved/x%00",
+    ] {
+        let r = h.get(&read(ambiguous), &sp).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{ambiguous}");
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("request.unnormalisable"),
+            "{ambiguous}: {:?}",
+            r.json()
+        );
+    }
+    assert!(
+        h.standin.seen().is_empty(),
+        "reached the upstream: {:?}",
+        h.standin.seen().iter().map(|s| &s.path).collect::<Vec<_>>()
+    );
+
+    // Inside the prefix however it is spelled: allowed, and recorded resolved.
+    let r = h
+        .get(&read("dbfs:/FileStore//approved/./sub/../x.csv"), &sp)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        judged(&r),
+        (
+            "dbfs:/FileStore/approved/x.csv".to_owned(),
+            "exception.approved".to_owned()
+        )
+    );
+    assert_eq!(h.standin.seen().len(), 1);
+}
+
+/// An exception as it would be in a store, requested by alice, one approval needed (given
+/// by erin when `status` is approved, in force for an hour from now).
+fn stored(id: &str, subject: &str, scope: Scope, status: Status) -> Exception {
+    let now = gatehouse::exceptions::now_ms();
+    let approved = status == Status::Approved;
+    Exception {
+        id: id.into(),
+        subject: Subject::parse(subject).unwrap(),
+        scope,
+        reason: "export the approved extract".into(),
+        ticket: "CHG-9".into(),
+        requester: "alice@bank.example".into(),
+        requested_at: now,
+        duration_ms: 3_600_000,
+        required_approvals: 1,
+        approvals: approved
+            .then(|| Approval {
+                approver: "erin@bank.example".into(),
+                at: now,
+                comment: None,
+            })
+            .into_iter()
+            .collect(),
+        status,
+        approved_at: approved.then_some(now),
+        expires_at: approved.then_some(now + 3_600_000),
+        closed: None,
+    }
+}
+
+/// sp-aiml-prod may read `dbfs:/FileStore/approved/` in prod-analytics.
+fn approved_extract(id: &str, status: Status) -> Exception {
+    let scope = Scope::Download {
+        workspace: "prod-analytics".into(),
+        actions: vec!["dbfs.read".into()],
+        prefix: "dbfs:/FileStore/approved/".into(),
+    };
+    stored(id, "sp-aiml-prod", scope, status)
+}
+
+/// A new store directory already holding `exceptions`, as a gateway would find it at start;
+/// the store's URL too.
+async fn store_holding(exceptions: &[Exception]) -> (std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = format!("sqlite://{}/gatehouse.db", dir.display());
+    let store = Store::connect(&url).await.unwrap();
+    for ex in exceptions {
+        store.insert(ex).await.unwrap();
+    }
+    (dir, url)
+}
+
+/// Approving, rejecting and revoking take effect only once the trail has their record: while
+/// it cannot take records, each is refused with 503 and the store is left as it was.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_step_the_trail_cannot_record_is_not_taken() {
+    let before = [
+        approved_extract("EXC-TOAPPROVE001", Status::Pending),
+        approved_extract("EXC-TOREJECT0001", Status::Pending),
+        approved_extract("EXC-TOREVOKE0001", Status::Approved),
+    ];
+    let (dir, url) = store_holding(&before).await;
+    let first_segment = |audit_dir: &std::path::Path| {
+        audit_dir.join(gatehouse::audit::segment::segment_name("gw-test", 1))
+    };
+    let h = common::s3::s3_harness_from(
+        |standin| common::s3::s3_options(standin, &exceptions_toml(&dir.display().to_string())),
+        |audit_dir| {
+            std::fs::create_dir_all(audit_dir).unwrap();
+            // The trail's segment lives on a full disk: every write fails with ENOSPC.
+            std::os::unix::fs::symlink("/dev/full", first_segment(audit_dir)).unwrap();
+        },
+    )
+    .await;
+    let p = people(&h);
+    for (id, verb) in [
+        ("EXC-TOAPPROVE001", "approve"),
+        ("EXC-TOREJECT0001", "reject"),
+        ("EXC-TOREVOKE0001", "revoke"),
+    ] {
+        let (status, e) = step(&h, id, verb, &p.carol, Some(json!({"comment": "ok"}))).await;
+        assert_eq!(
+            (status, e["error_code"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("TEMPORARILY_UNAVAILABLE")
+            ),
+            "{verb}: {e}"
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains("audit trail"),
+            "{e}"
+        );
+    }
+    // Nor is a new request taken.
+    let (status, _) = ask_download(&h, "sp-aiml-prod", "dbfs:/FileStore/other/", "1h").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The store holds exactly what it held.
+    let store = Store::connect(&url).await.unwrap();
+    for ex in &before {
+        assert_eq!(store.get(&ex.id).await.unwrap(), Some((ex.clone(), 1)));
+    }
+    assert_eq!(
+        store
+            .list(None, None, None, i64::MAX, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Space comes back: the approval is recorded, then taken; the refused steps left no
+    // record behind.
+    std::fs::remove_file(first_segment(&h.fixture.audit_dir)).unwrap();
+    let (status, ex) = step(&h, "EXC-TOAPPROVE001", "approve", &p.carol, None).await;
+    assert_eq!(
+        (status, ex["status"].as_str()),
+        (StatusCode::OK, Some("approved")),
+        "{ex}"
+    );
+    let steps: Vec<(String, String)> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "exception")
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_owned(),
+                r["exception"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [("approve".to_owned(), "EXC-TOAPPROVE001".to_owned())]
+    );
 }
 
 /// A `gatehouse serve` process: killed when dropped.

@@ -297,6 +297,66 @@ async fn identity_failures_are_401_in_databricks_shape_without_echoing_tokens() 
     assert!(!text.contains(pat) && !text.contains(&expired));
 }
 
+/// A correctly signed token from the trusted provider whose header marks an extension as
+/// critical (RFC 7515 §4.1.11): the gateway implements none, so it is refused.
+#[tokio::test]
+async fn a_token_with_critical_header_extensions_is_refused() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let h = Harness::start().await;
+    let signer = &h.fixture.signer;
+    let jwks: serde_json::Value = serde_json::from_str(signer.jwks_json()).unwrap();
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(signer.key_pem().as_bytes()).unwrap();
+    // The claims of an ordinary, valid token for a service principal.
+    let valid = h.service();
+    let claims = valid.split('.').nth(1).unwrap().to_owned();
+    let with_header = |header: serde_json::Value| {
+        let message = format!("{}.{claims}", URL_SAFE_NO_PAD.encode(header.to_string()));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        format!("{message}.{signature}")
+    };
+    let list = async |token: &str| {
+        h.send(
+            false,
+            Method::GET,
+            ANALYTICS_HOST,
+            "/api/2.1/clusters/list",
+            Some(token),
+            None,
+        )
+        .await
+    };
+    let plain = with_header(serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid}));
+    assert_eq!(
+        list(&plain).await.status,
+        StatusCode::OK,
+        "signed as it should be"
+    );
+    for crit in [serde_json::json!(["exp"]), serde_json::json!([])] {
+        let token = with_header(serde_json::json!({
+            "alg": "ES256", "typ": "JWT", "kid": kid, "crit": crit, "exp": 0,
+        }));
+        let r = list(&token).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "crit = {crit}");
+        let json = r.json();
+        assert_eq!(json["error_code"], "UNAUTHENTICATED");
+        let msg = json["message"].as_str().unwrap();
+        assert!(
+            msg.contains("identity.invalid_token") && msg.contains("crit"),
+            "{msg}"
+        );
+        let rid = r.headers["x-request-id"].to_str().unwrap();
+        assert_eq!(
+            h.records_for(rid)[0]["decision"]["rule"],
+            "identity.invalid_token"
+        );
+    }
+    assert_eq!(h.standin.seen().len(), 1, "only the plain token's request");
+}
+
 #[tokio::test]
 async fn login_endpoints_pass_without_a_token_and_are_audited() {
     let h = Harness::start().await;
@@ -406,6 +466,46 @@ async fn workspace_modes_hold_for_people() {
         .as_str()
         .unwrap()
         .contains("principal.denied_group"));
+}
+
+/// `human_groups` on a workspace where people are allowed: from the reload on, only its
+/// members act there as people; service principals are not concerned.
+#[tokio::test]
+async fn human_groups_say_which_people_act_where_people_are_allowed() {
+    let h = Harness::start().await;
+    let alice = h.alice(); // data-scientists
+    let bob = h.token("bob@bank.example", "user", &["retail-banking"]);
+    let sp = h.service();
+    let list = async |token: &str| h.get("/api/2.1/clusters/list", token).await;
+    // Empty (the fixture): anyone with a token, as before.
+    assert_eq!(list(&bob).await.status, StatusCode::OK);
+
+    let path = &h.fixture.config_path;
+    let original = std::fs::read_to_string(path).unwrap();
+    let analytics = "name = \"prod-analytics\"\n";
+    assert!(original.contains(analytics));
+    let narrowed = original.replacen(
+        analytics,
+        &format!("{analytics}human_groups = [\"data-scientists\", \"aiml-engineering\"]\n"),
+        1,
+    );
+    std::fs::write(path, narrowed).unwrap();
+    let outcome = h.running().reload();
+    assert!(outcome.applied, "{outcome:?}");
+
+    let seen = h.standin.seen().len();
+    let r = list(&bob).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("workspace.humans_denied"), "{message}");
+    assert!(
+        message.contains("data-scientists, aiml-engineering"),
+        "{message}"
+    );
+    assert_eq!(h.standin.seen().len(), seen, "never forwarded");
+    assert_eq!(list(&alice).await.status, StatusCode::OK);
+    assert_eq!(list(&sp).await.status, StatusCode::OK);
+    assert_eq!(h.standin.seen().len(), seen + 2);
 }
 
 #[tokio::test]

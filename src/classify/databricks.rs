@@ -8,14 +8,18 @@
 //! Route words match case-insensitively and the API version segment is ignored (any `N.N` is
 //! an alias), because the upstream's own leniency must never open a way around a rule.
 //!
-//! Query parameters only label the asset, with one exception each for the three routes whose
+//! Query parameters name the asset, with one exception each for the three routes whose
 //! meaning a parameter can change (`include_value`, `disposition`, `command`): there every
-//! occurrence is checked. The module never reads bodies (`body` does) and never decides.
+//! occurrence is checked. An asset parameter is read the one way every reader agrees on
+//! (`asset_path`): paths are resolved, and a parameter that could name two assets refuses the
+//! request, because a download exception is matched against it. The module never reads bodies
+//! (`body` does) and never decides.
 
-use std::borrow::Cow;
+use std::cell::Cell;
 
 use http::Method;
 
+use super::asset_path::{self, AssetError, AssetPathError};
 use super::body::{command_uses_fs, is_inline_disposition, COMMAND_FS, SQL_EXTERNAL_LINKS};
 use super::text::{eq_folded, fold_char, form_pairs};
 use super::{Action, Asset, AssetKind, BodyCheck, Category, Classification, NormalizedPath};
@@ -269,7 +273,13 @@ const UPLOAD_ACTIONS: &[&str] = &["initiate-upload", "complete-upload", "abort-u
 /// Paths with more segments than this are classified from a heap copy of the segment list.
 const MAX_SEGMENTS: usize = 32;
 
-pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> Classification {
+///
+/// Refuses the request when a parameter naming its asset is ambiguous (see `asset_path`).
+pub fn classify(
+    method: &Method,
+    path: &NormalizedPath,
+    query: Option<&str>,
+) -> Result<Classification, AssetError> {
     // Segments as a slice, on the stack for any path a client really sends.
     let mut on_stack: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
     let spilled: Vec<&str>;
@@ -284,15 +294,27 @@ pub fn classify(method: &Method, path: &NormalizedPath, query: Option<&str>) -> 
     };
     let mut bufs = [[0u8; WORD_CAP]; MAX_WORDS];
     let (words, count) = fold_words(segs, &mut bufs);
+    let refused = Cell::new(None);
     let req = Request {
         method,
         query,
         words: &words[..count],
         segs,
+        refused: &refused,
     };
+    let classification = route(&req);
+    match refused.get() {
+        Some(e) => Err(e),
+        None => Ok(classification),
+    }
+}
+
+/// The top level of [`classify`]: which part of the workspace the path is in.
+fn route(req: &Request<'_>) -> Classification {
+    let segs = req.segs;
     match req.words {
         ["api" | "ajax-api", version, ..] if is_version(version) => api(&req.skip(2), version),
-        ["api" | "ajax-api", ..] => unknown(&req),
+        ["api" | "ajax-api", ..] => unknown(req),
         ["files", ..] => {
             let file =
                 tail(segs, 1).map(|t| Asset::new(AssetKind::FileStore, format!("/files{t}")));
@@ -336,6 +358,9 @@ struct Request<'a> {
     query: Option<&'a str>,
     words: &'a [&'a str],
     segs: &'a [&'a str],
+    /// The first asset parameter found ambiguous: the whole request is refused for it, so
+    /// the routes below stay plain matches that read a parameter where they name it.
+    refused: &'a Cell<Option<AssetError>>,
 }
 
 impl<'a> Request<'a> {
@@ -345,6 +370,7 @@ impl<'a> Request<'a> {
             query: self.query,
             words: self.words.get(n..).unwrap_or(&[]),
             segs: self.segs.get(n..).unwrap_or(&[]),
+            refused: self.refused,
         }
     }
 
@@ -360,8 +386,27 @@ impl<'a> Request<'a> {
         tail(self.segs, from).map(|t| Asset::new(kind, t))
     }
 
-    fn query_asset(&self, name: &str, kind: AssetKind) -> Option<Asset> {
-        query_param(self.query, name).map(|v| Asset::new(kind, v))
+    fn query_asset(&self, name: &'static str, kind: AssetKind) -> Option<Asset> {
+        self.param(name).map(|v| Asset::new(kind, v))
+    }
+
+    /// Parameter `name`, the one value all its occurrences agree on; a `path` is resolved
+    /// too. An ambiguous one refuses the request (and reads as absent meanwhile).
+    fn param(&self, name: &'static str) -> Option<String> {
+        let value = asset_path::param(self.query, name).and_then(|value| match value {
+            Some(path) if name == "path" => asset_path::normalize_asset_path(&path).map(Some),
+            other => Ok(other),
+        });
+        value.unwrap_or_else(|why| {
+            self.refuse(name, why);
+            None
+        })
+    }
+
+    fn refuse(&self, param: &'static str, why: AssetPathError) {
+        if self.refused.get().is_none() {
+            self.refused.set(Some(AssetError { param, why }));
+        }
     }
 
     /// Whether any occurrence of parameter `name` satisfies `test`. Used where a parameter
@@ -413,8 +458,15 @@ fn dbfs(req: &Request<'_>) -> Classification {
         ["create" | "add-block" | "close" | "put" | "mkdirs" | "move" | "delete"] => DBFS_WRITE,
         _ => return unknown(req),
     };
-    let path = first_param(req.query, "path");
-    classified(action, path.as_deref().map(dbfs_asset))
+    let asset = asset_path::param(req.query, "path")
+        .and_then(|path| path.as_deref().map(dbfs_asset).transpose());
+    classified(
+        action,
+        asset.unwrap_or_else(|why| {
+            req.refuse("path", why);
+            None
+        }),
+    )
 }
 
 /// `/api/{version}/fs/…`: the Files API.
@@ -849,36 +901,50 @@ fn files_asset(req: &Request<'_>) -> Option<Asset> {
     })
 }
 
-/// A DBFS `path` parameter, with or without the `dbfs:` scheme, recorded as `dbfs:/…`, or as
-/// a Volume path when it points under `/Volumes`.
-fn dbfs_asset(value: &str) -> Asset {
+/// A DBFS `path` parameter (decoded), with or without the `dbfs:` scheme, resolved and
+/// recorded as `dbfs:/…`, or as a Volume path when it points under `/Volumes` once resolved.
+pub fn dbfs_asset(value: &str) -> Result<Asset, AssetPathError> {
     let bare = match value.get(..5) {
         Some(scheme) if scheme.eq_ignore_ascii_case("dbfs:") => &value[5..],
         _ => value,
     };
-    let under_volumes = bare
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .is_some_and(|first| first.eq_ignore_ascii_case("volumes"));
-    let (kind, scheme) = if under_volumes {
-        (AssetKind::Volume, "")
+    // DBFS paths are absolute: `dbfs:x` and `x` are `/x`. A `//` stays one: `dbfs://x` names
+    // a host to a URI reader, and is refused.
+    let resolved = if bare.starts_with('/') {
+        asset_path::normalize_asset_path(bare)?
     } else {
-        (AssetKind::Dbfs, "dbfs:")
+        asset_path::normalize_asset_path(&format!("/{bare}"))?
     };
-    let mut path = String::with_capacity(scheme.len() + 1 + bare.len());
-    path.push_str(scheme);
-    if !bare.starts_with('/') {
-        path.push('/');
+    let under_volumes = resolved
+        .split('/')
+        .nth(1)
+        .is_some_and(|first| first.eq_ignore_ascii_case("volumes"));
+    Ok(if under_volumes {
+        Asset::new(AssetKind::Volume, resolved)
+    } else {
+        Asset::new(AssetKind::Dbfs, format!("dbfs:{resolved}"))
+    })
+}
+
+/// A download exception's asset prefix in the form the classifier gives assets, so the two
+/// compare: `DBFS:/FileStore//approved/` is `dbfs:/FileStore/approved/`, `dbfs:/Volumes/…` is
+/// `/Volumes/…`. A trailing `/` is kept, for whoever reads the exception.
+pub fn asset_prefix(prefix: &str) -> Result<String, AssetPathError> {
+    let prefix = prefix.trim();
+    let mut resolved = match prefix.get(..5) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("dbfs:") => dbfs_asset(prefix)?.path,
+        _ => asset_path::normalize_asset_path(prefix)?,
+    };
+    if prefix.ends_with('/') && !resolved.ends_with('/') {
+        resolved.push('/');
     }
-    path.push_str(bare);
-    Asset::new(kind, path)
+    Ok(resolved)
 }
 
 /// `secrets/get?scope=…&key=…` → `scope/key` (never the value, which this call returns).
 fn secret_asset(req: &Request<'_>) -> Option<Asset> {
-    let scope = query_param(req.query, "scope");
-    let key = query_param(req.query, "key");
+    let scope = req.param("scope");
+    let key = req.param("key");
     let path = match (scope, key) {
         (Some(scope), Some(key)) => format!("{scope}/{key}"),
         (Some(scope), None) => scope,
@@ -886,23 +952,6 @@ fn secret_asset(req: &Request<'_>) -> Option<Asset> {
         (None, None) => return None,
     };
     Some(Asset::new(AssetKind::Secret, path))
-}
-
-/// The first value of parameter `name`, decoded (`+` as space).
-///
-/// When a parameter repeats, the first wins. Upstream frameworks disagree (some take the
-/// first, some the last, some join them), so no choice matches every upstream; this one is
-/// safe because the value only labels the asset in the record and never picks the action.
-/// Parameters that can change the action are checked on every occurrence instead.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    first_param(query, name).map(Cow::into_owned)
-}
-
-/// [`query_param`] without the copy when the value needs no decoding.
-fn first_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
-    form_pairs(query?.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! says so, a bounded body. It never performs I/O and never decides; `policy` does that.
 //! A path that cannot be normalised unambiguously is an error, never "no rule matched".
 
+pub mod asset_path;
 pub mod body;
 pub mod databricks;
 pub mod normalize;
@@ -13,6 +14,7 @@ pub(crate) mod text;
 
 use std::fmt;
 
+pub use asset_path::{AssetError, AssetPathError};
 pub use normalize::{normalize_path, NormalizedPath, PathError};
 
 /// What kind of thing a request does. The policy decides by category first.

@@ -145,8 +145,12 @@ pub fn verify_id_token(
         client_id,
         principal_claim,
     } = *expect;
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|_| "the ID token cannot be decoded".to_owned())?;
+    let header = crate::identity::decode_header(token).map_err(|e| match e {
+        crate::identity::IdentityError::CriticalExtension => {
+            format!("the ID token is refused: {e}")
+        }
+        _ => "the ID token cannot be decoded".to_owned(),
+    })?;
     if !ID_TOKEN_ALGS.contains(&header.alg) {
         return Err(format!(
             "the ID token is signed with {:?}, which is not accepted",

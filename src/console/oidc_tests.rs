@@ -100,6 +100,29 @@ fn a_token_signed_by_another_key_or_with_a_shared_secret_is_refused() {
 }
 
 #[test]
+fn an_id_token_naming_critical_extensions_is_refused() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let (signer, keys) = signer_and_keys();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(signer.key_pem().as_bytes()).unwrap();
+    let signed = |header: serde_json::Value| {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims("n-1").to_string())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+        format!("{message}.{signature}")
+    };
+    let plain = signed(json!({"alg": "ES256", "kid": "k1"}));
+    assert!(verify_id_token(&plain, &keys, &EXPECT, "n-1").is_ok());
+    let critical = signed(json!({"alg": "ES256", "kid": "k1", "crit": ["exp"], "exp": 1}));
+    let err = verify_id_token(&critical, &keys, &EXPECT, "n-1").unwrap_err();
+    assert!(err.contains("crit"), "{err}");
+}
+
+#[test]
 fn the_authorization_url_carries_state_nonce_and_an_s256_challenge() {
     let meta = Metadata {
         issuer: ISSUER.to_owned(),

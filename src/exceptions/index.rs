@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::model::{Exception, Kind, Millis, Op, Scope, Status, Subject};
+use crate::classify::asset_path::is_within;
 use crate::classify::{Action, Asset, AssetKind, Category};
 use crate::identity::Principal;
 
@@ -123,9 +124,11 @@ pub fn covers(scope: &Scope, workspace: &str, action: &Action, asset: Option<&As
             actions,
             prefix,
         } => {
+            // The classifier has resolved the asset (`classify::asset_path`); the prefix
+            // covers whole segments, so `approved` never covers `approved-pii`.
             w == workspace
                 && actions.iter().any(|a| a == action.name)
-                && asset.is_some_and(|a| a.path.starts_with(prefix.as_str()))
+                && asset.is_some_and(|a| is_within(prefix, &a.path))
         }
         Scope::WorkspaceAccess {
             workspace: w,
@@ -347,6 +350,17 @@ mod tests {
         assert!(!covers(&scope, "prod-analytics", &read, Some(&outside)));
         assert!(!covers(&scope, "prod-analytics", &export, Some(&ok)));
         assert!(!covers(&scope, "prod", &read, Some(&ok)));
+        // Whole segments only, and never an unresolved path.
+        let no_slash = Scope::Download {
+            workspace: "prod-analytics".into(),
+            actions: vec!["dbfs.read".into()],
+            prefix: "dbfs:/FileStore/approved".into(),
+        };
+        let near = Asset::new(AssetKind::Dbfs, "dbfs:/FileStore/approved-pii/x.csv");
+        let climbing = Asset::new(AssetKind::Dbfs, "dbfs:/FileStore/approved/../../mnt/pii/x");
+        assert!(covers(&no_slash, "prod-analytics", &read, Some(&ok)));
+        assert!(!covers(&no_slash, "prod-analytics", &read, Some(&near)));
+        assert!(!covers(&scope, "prod-analytics", &read, Some(&climbing)));
     }
 
     #[test]

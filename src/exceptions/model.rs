@@ -224,6 +224,8 @@ pub struct Limits {
     pub max_days: u32,
     pub required: Required,
     pub workspaces: Vec<String>,
+    /// Workspaces with `humans = "deny"`: no `workspace-access` exception is ever granted there.
+    pub people_denied: Vec<String>,
     pub raw_buckets: Vec<String>,
     /// Actions a `download` exception may name: the catalog's download and credential actions.
     pub download_actions: Vec<String>,
@@ -326,7 +328,27 @@ pub fn request(
             limits.max_days
         )));
     }
+    let mut new = new;
+    if let Scope::Download { prefix, .. } = &mut new.scope {
+        // Kept as the classifier gives assets, so what approvers read is what is matched.
+        *prefix = crate::classify::databricks::asset_prefix(prefix).map_err(|e| {
+            unprocessable(format!(
+                "the asset prefix cannot be read one way ({e}): name it plainly, e.g. dbfs:/FileStore/approved/"
+            ))
+        })?;
+    }
     check_scope(&new.scope, limits).map_err(|m| refuse(422, "SCOPE_TOO_BROAD", m))?;
+    if let Scope::WorkspaceAccess { workspace, .. } = &new.scope {
+        if limits.people_denied.contains(workspace) {
+            return Err(refuse(
+                422,
+                "NO_INTERACTIVE_ACCESS",
+                format!(
+                    "workspace {workspace} denies people (humans = \"deny\"): no interactive access in production, so no exception can let a person in; only service principals act there"
+                ),
+            ));
+        }
+    }
     Ok(Exception {
         id,
         required_approvals: limits.required.of(new.scope.kind()).max(1),
@@ -477,6 +499,20 @@ pub fn approve(
             "SELF_APPROVAL",
             "nobody approves an exception they requested or that is for them",
         ));
+    }
+    // A group's exception is for each of its members: one of them approving it is approving
+    // their own. Judged by the groups the approver holds now (their token's), not at request.
+    if let Subject::Group(group) = &ex.subject {
+        if approver.groups.iter().any(|g| g == group) {
+            return Err(refuse(
+                403,
+                "SELF_APPROVAL",
+                format!(
+                    "nobody approves an exception that is for them: {} is for {}, and you are a member of that group",
+                    ex.id, ex.subject
+                ),
+            ));
+        }
     }
     require_pending(&ex, now, "approved")?;
     if ex.approvals.iter().any(|a| a.approver == approver.id) {

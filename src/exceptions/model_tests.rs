@@ -5,7 +5,12 @@ fn limits() -> Limits {
         approver_groups: vec!["cdao-approvers".into()],
         max_days: 30,
         required: Required::default(),
-        workspaces: vec!["prod-analytics".into(), "prod-parallel".into()],
+        workspaces: vec![
+            "prod-analytics".into(),
+            "prod-parallel".into(),
+            "prod".into(),
+        ],
+        people_denied: vec!["prod".into()],
         raw_buckets: vec!["raw-bucket".into()],
         download_actions: vec!["dbfs.read".into(), "files.download".into()],
     }
@@ -153,6 +158,82 @@ fn scopes_broader_than_allowed_are_refused() {
     )
     .unwrap();
     assert_eq!(ok.required_approvals, 1);
+    // Prefixes are kept resolved, as assets are; one that cannot be is refused.
+    let prefix_of = |prefix: &str| {
+        let new = NewRequest {
+            scope: download(&["dbfs.read"], prefix),
+            ..raw_request()
+        };
+        request(new, &alice, "E".into(), 0, &limits()).map(|e| match e.scope {
+            Scope::Download { prefix, .. } => prefix,
+            _ => unreachable!(),
+        })
+    };
+    assert_eq!(
+        prefix_of("DBFS:/FileStore//approved/./").unwrap(),
+        "dbfs:/FileStore/approved/"
+    );
+    assert_eq!(
+        prefix_of("dbfs:/Volumes/c/s/v/").unwrap(),
+        "/Volumes/c/s/v/"
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/approved/../../..").map(|_| raw_ex())),
+        (422, "INVALID_REQUEST")
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/..").map(|_| raw_ex())),
+        too_broad,
+        "resolves to the root"
+    );
+    assert_eq!(
+        refused(prefix_of("dbfs:/FileStore/a%2Fb/").map(|_| raw_ex())),
+        (422, "INVALID_REQUEST")
+    );
+}
+
+fn raw_ex() -> Exception {
+    requested(raw_request())
+}
+
+#[test]
+fn workspace_access_is_never_requested_for_a_workspace_that_denies_people() {
+    let access = |workspace: &str| NewRequest {
+        subject: Subject::Principal("bob@bank.test".into()),
+        scope: Scope::WorkspaceAccess {
+            workspace: workspace.into(),
+            categories: vec!["metadata".into()],
+        },
+        ..raw_request()
+    };
+    let alice = person("alice@bank.test", &[]);
+    let e = request(access("prod"), &alice, "E".into(), 0, &limits())
+        .expect_err("no interactive access in production");
+    assert_eq!((e.status, e.code), (422, "NO_INTERACTIVE_ACCESS"));
+    assert!(
+        e.message.contains("no interactive access in production") && e.message.contains("prod"),
+        "{}",
+        e.message
+    );
+    // For a group too, and whatever the categories.
+    let mut for_group = access("prod");
+    for_group.subject = Subject::Group("data-scientists".into());
+    assert_eq!(
+        refused(request(for_group, &alice, "E".into(), 0, &limits())),
+        (422, "NO_INTERACTIVE_ACCESS")
+    );
+    // Download exceptions for service principals there stay possible.
+    let download = NewRequest {
+        subject: Subject::Principal("sp-aiml-prod".into()),
+        scope: Scope::Download {
+            workspace: "prod".into(),
+            actions: vec!["dbfs.read".into()],
+            prefix: "dbfs:/FileStore/approved/".into(),
+        },
+        ..raw_request()
+    };
+    assert!(request(download, &alice, "E".into(), 0, &limits()).is_ok());
+    assert!(request(access("prod-parallel"), &alice, "E".into(), 0, &limits()).is_ok());
 }
 
 #[test]
@@ -217,6 +298,38 @@ fn only_approvers_approve_nobody_their_own_and_each_counts_once() {
     assert_eq!(
         refused(approve(twice, &approver("frank"), None, 6_000, &limits())),
         (409, "NOT_PENDING")
+    );
+}
+
+#[test]
+fn nobody_approves_an_exception_for_a_group_they_are_in() {
+    let for_team = requested(NewRequest {
+        subject: Subject::Group("aiml-engineering".into()),
+        ..raw_request()
+    });
+    // By the groups the approver holds now, whichever way round they are listed.
+    let member = person("carol", &["aiml-engineering", "cdao-approvers"]);
+    let e = approve(for_team.clone(), &member, None, 2_000, &limits())
+        .expect_err("a member of the subject group is refused");
+    assert_eq!((e.status, e.code), (403, "SELF_APPROVAL"));
+    assert!(
+        e.message.contains("group:aiml-engineering") && e.message.contains("member"),
+        "the refusal says why: {}",
+        e.message
+    );
+    // Group names are compared exactly: a similar name is another group.
+    let near = person(
+        "erin",
+        &["cdao-approvers", "aiml-engineering-ro", "AIML-Engineering"],
+    );
+    assert!(approve(for_team.clone(), &near, None, 2_000, &limits()).is_ok());
+    // An approver outside the group approves; the group's member may still reject.
+    assert!(approve(for_team.clone(), &approver("dave"), None, 2_000, &limits()).is_ok());
+    assert_eq!(
+        reject(for_team, &member, None, 2_000, &limits())
+            .unwrap()
+            .status,
+        Status::Rejected
     );
 }
 

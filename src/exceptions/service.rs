@@ -1,5 +1,7 @@
-//! The workflow at the edges: the pure steps of `model`, persisted in the store, recorded in
-//! the audit trail, and put in force by swapping the live index. The admin API calls this.
+//! The workflow at the edges: the pure steps of `model`, recorded in the audit trail,
+//! persisted in the store, and put in force by swapping the live index. The admin API and the
+//! console call this. A step's store change commits only once its trail record is durable:
+//! no exception is ever in force (or closed) without the trail saying who did it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use super::index::LiveIndex;
 use super::model::{self, Actor, Exception, Kind, Limits, NewRequest, Refusal, Status};
-use super::store::{Store, StoreError};
+use super::store::{Confirmation, Store, StoreError};
 use super::{now_ms, Live};
 use crate::audit::AuditSink;
 use crate::config::{Config, ExceptionsConfig};
@@ -55,6 +57,12 @@ pub fn limits(config: &Config, exceptions: &ExceptionsConfig) -> Limits {
         max_days: exceptions.max_days,
         required: exceptions.required,
         workspaces: config.workspaces.iter().map(|w| w.name.clone()).collect(),
+        people_denied: config
+            .workspaces
+            .iter()
+            .filter(|w| w.humans == crate::config::HumansMode::Deny)
+            .map(|w| w.name.clone())
+            .collect(),
         raw_buckets: config
             .buckets
             .iter()
@@ -172,9 +180,14 @@ impl Service {
     pub async fn request(&self, actor: &Actor, new: NewRequest) -> Result<Exception, ApiError> {
         let limits = self.limits.load();
         let ex = model::request(new, actor, Store::new_id(), now_ms(), &limits)?;
-        self.store.insert(&ex).await.map_err(unavailable)?;
-        self.changed("request", actor, &ex).await;
-        Ok(ex)
+        let recorded = self.recorded("request", actor, &ex);
+        match self.store.insert_confirmed(&ex, recorded).await {
+            Ok(()) => {
+                self.changed().await;
+                Ok(ex)
+            }
+            Err(e) => Err(self.not_changed("request", actor, &ex, e)),
+        }
     }
 
     pub async fn approve(
@@ -248,13 +261,15 @@ impl Service {
                 .map_err(unavailable)?
                 .ok_or_else(|| not_found(id))?;
             let next = apply(ex, &self.limits.load())?;
-            match self.store.update(&next, version).await {
+            let recorded = self.recorded(event, actor, &next);
+            match self.store.update_confirmed(&next, version, recorded).await {
                 Ok(_) => {
-                    self.changed(event, actor, &next).await;
+                    self.changed().await;
                     return Ok(next);
                 }
+                // Nothing was recorded: the record is written only for the winning version.
                 Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(self.not_changed(event, actor, &next, e)),
             }
         }
         Err(ApiError {
@@ -264,18 +279,66 @@ impl Service {
         })
     }
 
-    /// After a stored change: the trail says who did what, and this gateway's index follows
-    /// at once (the others on the store's notification).
-    async fn changed(&self, event: &str, actor: &Actor, ex: &Exception) {
+    /// What a step's store change waits for before it commits: its trail record, durable. A
+    /// step takes effect only once the trail says who did it; if the trail cannot take the
+    /// record, the change is rolled back and the caller told (503).
+    fn recorded<'a>(&'a self, event: &str, actor: &Actor, ex: &Exception) -> Confirmation<'a> {
         let record = record(&self.gateway_id, event, actor, ex);
-        if self.audit.record_durably(record.clone()).await.is_err() {
-            // Not lost: kept by the writer and written first once the trail works again.
-            let _ = self.audit.record_event(record);
-        }
+        Box::pin(async move {
+            self.audit
+                .record_durably(record)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// After a committed change: this gateway's index follows at once (the others on the
+    /// store's notification).
+    async fn changed(&self) {
         if let Err(e) = self.refresh().await {
             tracing::error!(error = %e, "cannot refresh exceptions after a change");
         }
     }
+
+    /// A step whose store change did not commit: why, as the API answers it.
+    fn not_changed(&self, event: &str, actor: &Actor, ex: &Exception, e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unconfirmed(why) => {
+                tracing::error!(error = %why, event, exception = %ex.id, "the audit trail cannot take an exception change; it was not made");
+                ApiError {
+                    status: 503,
+                    code: "TEMPORARILY_UNAVAILABLE",
+                    message: "the audit trail cannot record this change, so it was not made; nothing was changed".into(),
+                }
+            }
+            StoreError::Uncommitted(why) => {
+                // The trail already holds the step's record: it gets a second one saying the
+                // step did not take effect (kept and written later if the trail fails now).
+                tracing::error!(error = %why, event, exception = %ex.id, "an exception change was recorded but not committed");
+                let _ = self
+                    .audit
+                    .record_event(not_committed(&self.gateway_id, event, actor, ex));
+                unavailable(StoreError::Db(why))
+            }
+            e => unavailable(e),
+        }
+    }
+}
+
+/// The `exception` record of a step whose record was written but whose store change did
+/// not commit: the store still holds the exception as it was.
+fn not_committed(gateway: &str, event: &str, actor: &Actor, ex: &Exception) -> Vec<u8> {
+    serde_json::json!({
+        "ts": crate::audit::timestamp(std::time::SystemTime::now()),
+        "gateway": gateway,
+        "phase": "exception",
+        "event": "not-committed",
+        "step": event,
+        "actor": actor.id,
+        "exception": { "id": ex.id },
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// The `exception` record: a workflow step, in the same chain as the requests it governs.

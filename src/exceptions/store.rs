@@ -59,6 +59,22 @@ pub enum StoreError {
     NotFound,
     #[error("exception store: {0}")]
     Db(String),
+    /// What had to hold before the change committed did not (its audit record was not
+    /// durable): the change was rolled back.
+    #[error("the change was not confirmed, and was rolled back: {0}")]
+    Unconfirmed(String),
+    /// The change was confirmed, but the database did not commit it.
+    #[error("the change was confirmed but not committed: {0}")]
+    Uncommitted(String),
+}
+
+/// What must hold before a change commits, awaited inside its transaction once the row is
+/// written (e.g. its audit record is durable). An error rolls the change back.
+pub type Confirmation<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// A change that needs no confirmation.
+fn confirmed<'a>() -> Confirmation<'a> {
+    Box::pin(std::future::ready(Ok(())))
 }
 
 pub struct Store {
@@ -157,24 +173,45 @@ impl Store {
 
     /// Conflict if the id is taken.
     pub async fn insert(&self, ex: &Exception) -> Result<(), StoreError> {
+        self.insert_confirmed(ex, confirmed()).await
+    }
+
+    /// [`Store::insert`], committed only once `confirm` has succeeded.
+    pub async fn insert_confirmed(
+        &self,
+        ex: &Exception,
+        confirm: Confirmation<'_>,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_string(ex).map_err(|e| StoreError::Db(e.to_string()))?;
         let q = sqlx::query(
             "INSERT INTO exceptions (kind, subject, status, requested_at, expires_at, body, id, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
         );
-        self.write(bind_row(q, ex, body)).await.map(drop)
+        self.write(bind_row(q, ex, body), confirm).await.map(drop)
     }
 
     /// Optimistic concurrency: writes `ex` only if its row still has `expected_version`, and
     /// returns the new version. Of two gateways writing from the same version one gets
     /// Conflict, re-reads and re-applies its step, so no approval is lost.
     pub async fn update(&self, ex: &Exception, expected_version: i64) -> Result<i64, StoreError> {
+        self.update_confirmed(ex, expected_version, confirmed())
+            .await
+    }
+
+    /// [`Store::update`], committed only once `confirm` has succeeded. `confirm` runs only
+    /// when the row was still at `expected_version` (never for a Conflict).
+    pub async fn update_confirmed(
+        &self,
+        ex: &Exception,
+        expected_version: i64,
+        confirm: Confirmation<'_>,
+    ) -> Result<i64, StoreError> {
         let body = serde_json::to_string(ex).map_err(|e| StoreError::Db(e.to_string()))?;
         let q = sqlx::query(
             "UPDATE exceptions SET kind = $1, subject = $2, status = $3, requested_at = $4,
              expires_at = $5, body = $6, version = version + 1 WHERE id = $7 AND version = $8",
         );
-        let written = self.write(bind_row(q, ex, body).bind(expected_version));
+        let written = self.write(bind_row(q, ex, body).bind(expected_version), confirm);
         if written.await? == 1 {
             return Ok(expected_version + 1);
         }
@@ -270,20 +307,35 @@ impl Store {
 
     /// One write and, on PostgreSQL, its NOTIFY in the same transaction: the other gateways
     /// hear of it when it commits, not before, and no change commits without its notification.
-    async fn write(&self, q: AnyQuery<'_>) -> Result<u64, StoreError> {
+    /// A write that changed a row commits only after `confirm` succeeded; the row stays locked
+    /// meanwhile (SQLite: the database), so nobody reads or overwrites what may yet be undone.
+    async fn write(&self, q: AnyQuery<'_>, confirm: Confirmation<'_>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
         let rows = q
             .execute(&mut *tx)
             .await
             .map_err(|e| self.db(e))?
             .rows_affected();
+        if rows > 0 {
+            if let Err(why) = confirm.await {
+                // A failed rollback leaves nothing committed either: the transaction is
+                // dropped, and with it the change.
+                let _ = tx.rollback().await;
+                return Err(StoreError::Unconfirmed(why));
+            }
+        }
+        // From here on the change is confirmed: a failure is reported as such.
+        let after_confirmation = |e: sqlx::Error| match self.db(e) {
+            StoreError::Db(why) if rows > 0 => StoreError::Uncommitted(why),
+            other => other,
+        };
         if rows > 0 && self.postgres {
             sqlx::query(NOTIFY)
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| self.db(e))?;
+                .map_err(after_confirmation)?;
         }
-        tx.commit().await.map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(after_confirmation)?;
         if rows > 0 {
             self.changes.send_modify(bump);
         }

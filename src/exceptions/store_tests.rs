@@ -132,6 +132,7 @@ async fn suite(store: &Store) {
         max_days: 30,
         required: model::Required::default(),
         workspaces: vec![],
+        people_denied: vec![],
         raw_buckets: vec![],
         download_actions: vec![],
     };
@@ -158,6 +159,39 @@ async fn suite(store: &Store) {
     approvers.sort();
     assert_eq!(approvers, ["dan", "erin"]);
     assert_eq!((ex.status, ex.expires_at), (Status::Approved, Some(11_000)));
+
+    // A change whose confirmation fails (its trail record is not durable) is rolled back;
+    // a confirmation is never asked for a write that lost its race.
+    let refuse = || -> Confirmation<'static> { Box::pin(async { Err("trail full".to_owned()) }) };
+    let mut closed = ex.clone();
+    closed.status = Status::Revoked;
+    assert!(matches!(
+        store.update_confirmed(&closed, 4, refuse()).await,
+        Err(StoreError::Unconfirmed(why)) if why == "trail full"
+    ));
+    assert_eq!(store.get(&id("a")).await.unwrap(), Some((ex.clone(), 4)));
+    let asked = std::sync::atomic::AtomicBool::new(false);
+    let ask = Box::pin(async {
+        asked.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    assert!(matches!(
+        store.update_confirmed(&closed, 3, ask).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(!asked.load(std::sync::atomic::Ordering::SeqCst));
+    let fresh = exception(&id("e"), &alice, 9_000, Status::Pending, None);
+    assert!(matches!(
+        store.insert_confirmed(&fresh, refuse()).await,
+        Err(StoreError::Unconfirmed(_))
+    ));
+    assert_eq!(store.get(&id("e")).await.unwrap(), None);
+    // Confirmed, it commits.
+    store
+        .update_confirmed(&closed, 4, Box::pin(async { Ok(()) }))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&id("a")).await.unwrap(), Some((closed, 5)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,3 +256,64 @@ fn refreshing_to_the_same_keys_keeps_cached_verifications() {
     store.install(KeySet::from_json(other.jwks_json().as_bytes()).unwrap());
     assert_eq!(v.identify(Some(&t)).unwrap_err(), IdentityError::UnknownKey);
 }
+
+/// A token whose header is `header` exactly (jsonwebtoken's `Header` has no `crit`), signed
+/// RS256 by the fixture key: the signature is good.
+fn rsa_token_with_header(header: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let encode = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let message = format!("{}.{}", encode(&header), encode(&claims(ISS, AUD, 600)));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key(), Algorithm::RS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+#[test]
+fn a_header_naming_critical_extensions_is_refused() {
+    let (v, _) = setup();
+    // The same header without `crit` verifies: only `crit` makes the difference.
+    let plain = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1"});
+    assert_eq!(
+        v.identify(Some(&bearer(&rsa_token_with_header(plain))))
+            .unwrap()
+            .id,
+        "bob"
+    );
+    // The gateway implements no extension, so any `crit` is one it does not understand
+    // (RFC 7515 §4.1.11), even an empty list (which the RFC forbids) or a malformed one.
+    for crit in [
+        json!(["exp"]),
+        json!(["b64"]),
+        json!(["http://example.com/ext"]),
+        json!([]),
+        json!("exp"),
+        json!(null),
+    ] {
+        let mut header = json!({"alg": "RS256", "typ": "JWT", "kid": "rsa-1", "b64": true});
+        header["crit"] = crit.clone();
+        let token = rsa_token_with_header(header);
+        let e = v.identify(Some(&bearer(&token))).unwrap_err();
+        assert_eq!(e, IdentityError::CriticalExtension, "crit = {crit}");
+        assert_eq!(e.rule(), "identity.invalid_token");
+        assert!(e.to_string().contains("crit"), "{e}");
+        // Not remembered either: the same token is refused again.
+        assert!(v.identify(Some(&bearer(&token))).is_err());
+    }
+    // Spelled with an escape, it is still `crit`.
+    let header = r#"{"alg":"RS256","kid":"rsa-1","cr\u0069t":["exp"]}"#;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims(ISS, AUD, 600).to_string())
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &rsa_key(), Algorithm::RS256).unwrap();
+    assert_eq!(
+        v.identify(Some(&bearer(&format!("{message}.{signature}"))))
+            .unwrap_err(),
+        IdentityError::CriticalExtension
+    );
+}

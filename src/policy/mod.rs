@@ -183,10 +183,16 @@ fn decide_enforced(
         );
     }
     // A person may be granted time-boxed access beyond the workspace's mode; the download and
-    // credential blocks below still apply to them.
+    // credential blocks below still apply to them. Never where people are denied outright
+    // (no interactive access in production): the workflow refuses such exceptions, and one
+    // that is in a store anyway (approved before that rule, or before the workspace's mode
+    // changed) is not consulted.
     let mut granted = None;
     if principal.kind == PrincipalKind::User {
         if let Some(denied) = humans_rule(principal, workspace, action) {
+            if workspace.humans == HumansMode::Deny {
+                return denied;
+            }
             match exceptions.covering(
                 ExceptionKind::WorkspaceAccess,
                 principal,
@@ -265,6 +271,21 @@ fn humans_rule(
     action: &Action,
 ) -> Option<Decision> {
     match workspace.humans {
+        // Where people are allowed, `human_groups` (when set) says which people: a bank's
+        // other token holders are not this workspace's users.
+        HumansMode::Allow
+            if !workspace.human_groups.is_empty()
+                && !principal.in_any_group(&workspace.human_groups) =>
+        {
+            Some(Decision::deny(
+                "workspace.humans_denied",
+                format!(
+                    "in workspace {} only members of {} act as people",
+                    workspace.name,
+                    workspace.human_groups.join(", ")
+                ),
+            ))
+        }
         HumansMode::Allow => None,
         HumansMode::Deny => Some(Decision::deny(
             "workspace.humans_denied",

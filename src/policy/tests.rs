@@ -20,11 +20,24 @@ fn service() -> Principal {
     }
 }
 
+/// Workspace `w`; under `config-only`, for the release managers.
 fn ws(humans: HumansMode) -> WorkspacePolicy {
+    let human_groups = match humans {
+        HumansMode::ConfigOnly => vec!["aiml-release-managers".into()],
+        _ => vec![],
+    };
     WorkspacePolicy {
         name: "w".into(),
         humans,
-        human_groups: vec!["aiml-release-managers".into()],
+        human_groups,
+    }
+}
+
+/// Workspace `w` open to people who are in `groups`.
+fn allow_for(groups: &[&str]) -> WorkspacePolicy {
+    WorkspacePolicy {
+        human_groups: groups.iter().map(|g| g.to_string()).collect(),
+        ..ws(HumansMode::Allow)
     }
 }
 
@@ -86,6 +99,51 @@ fn the_decision_table() {
             action.name
         );
     }
+}
+
+#[test]
+fn human_groups_narrow_who_acts_as_a_person_where_people_are_allowed() {
+    let r = rules();
+    let w = allow_for(&["data-scientists", "aiml-engineering"]);
+    let ds = person(&["data-scientists"]);
+    let eng = person(&["aiml-engineering", "x"]);
+    let other = person(&["retail-banking"]);
+    let nobody = person(&[]);
+    assert_eq!(rule(&r, &ds, &w, &LIST), (Effect::Allow, "default.allow"));
+    assert_eq!(
+        rule(&r, &eng, &w, &CONFIG),
+        (Effect::Allow, "default.allow")
+    );
+    for p in [&other, &nobody] {
+        assert_eq!(
+            rule(&r, p, &w, &LIST),
+            (Effect::Deny, "workspace.humans_denied")
+        );
+    }
+    // Group names compare exactly.
+    let near = person(&["Data-Scientists", "data-scientists-ro"]);
+    assert_eq!(rule(&r, &near, &w, &LIST).0, Effect::Deny);
+    let d = decide(&r, &other, &w, &LIST, None, &NoExceptions);
+    assert!(
+        d.reason.contains("data-scientists, aiml-engineering"),
+        "the reason names the groups: {}",
+        d.reason
+    );
+    // Machines are not people: the groups do not apply to them.
+    assert_eq!(
+        rule(&r, &service(), &w, &LIST),
+        (Effect::Allow, "default.allow")
+    );
+    // Members are still under the download block.
+    assert_eq!(
+        rule(&r, &ds, &w, &READ),
+        (Effect::Deny, "downloads.blocked")
+    );
+    // Empty: anyone with a token acts as a person, as before.
+    assert_eq!(
+        rule(&r, &other, &allow_for(&[]), &LIST),
+        (Effect::Allow, "default.allow")
+    );
 }
 
 #[test]
@@ -240,21 +298,40 @@ fn a_workspace_access_exception_lets_a_person_in_for_its_categories_only() {
         let d = decide(&r, &alice, w, a, None, &index.at(t));
         (d.effect, d.rule, d.exception)
     };
-    for mode in [HumansMode::Deny, HumansMode::ConfigOnly] {
-        assert_eq!(
-            at(10, &ws(mode), &LIST),
-            (Effect::Allow, "exception.approved", Some("exc-wa".into()))
-        );
-        // Not beyond its categories, not past the download block, not after it lapses.
-        assert_eq!(at(10, &ws(mode), &CONFIG).0, Effect::Deny);
-        assert_eq!(at(10, &ws(mode), &READ).0, Effect::Deny);
-        assert_eq!(at(100, &ws(mode), &LIST).0, Effect::Deny);
-    }
+    let mode = HumansMode::ConfigOnly;
+    assert_eq!(
+        at(10, &ws(mode), &LIST),
+        (Effect::Allow, "exception.approved", Some("exc-wa".into()))
+    );
+    // Not beyond its categories, not past the download block, not after it lapses.
+    assert_eq!(at(10, &ws(mode), &CONFIG).0, Effect::Deny);
+    assert_eq!(at(10, &ws(mode), &READ).0, Effect::Deny);
+    assert_eq!(at(100, &ws(mode), &LIST).0, Effect::Deny);
     let elsewhere = WorkspacePolicy {
         name: "prod".into(),
-        ..ws(HumansMode::Deny)
+        ..ws(HumansMode::ConfigOnly)
     };
-    assert_eq!(at(10, &elsewhere, &LIST).1, "workspace.humans_denied");
+    assert_eq!(at(10, &elsewhere, &LIST).1, "workspace.config_only");
+}
+
+#[test]
+fn no_exception_lets_a_person_into_a_workspace_that_denies_people() {
+    // The same exception, in force, for a workspace whose mode is (or has since become)
+    // `humans = "deny"`: no interactive access in production, whatever the store holds.
+    let index = alice_may_look_around_w();
+    let alice = person(&["data-scientists"]);
+    let d = decide(
+        &rules(),
+        &alice,
+        &ws(HumansMode::Deny),
+        &LIST,
+        None,
+        &index.at(10),
+    );
+    assert_eq!(
+        (d.effect, d.rule, d.exception),
+        (Effect::Deny, "workspace.humans_denied", None)
+    );
 }
 
 #[test]

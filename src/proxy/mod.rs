@@ -883,19 +883,23 @@ fn classify_for_workspace(
             ))
         }
     };
-    let normalized = match classify::normalize_path(uri.path()) {
-        Ok(n) => n,
-        Err(e) => {
-            return Err(refuse(
-                Refusal::BadRequest,
-                "request.unnormalisable",
-                format!("the request path is ambiguous and was refused: {e}").into(),
-                authority,
-                Some(&workspace),
-            ))
-        }
+    // A path, or a parameter naming the asset, with two plausible readings.
+    let unnormalisable = |why: String| {
+        refuse(
+            Refusal::BadRequest,
+            "request.unnormalisable",
+            why.into(),
+            authority,
+            Some(&workspace),
+        )
     };
-    let mut classification = classify::databricks::classify(method, &normalized, uri.query());
+    let normalized = classify::normalize_path(uri.path()).map_err(|e| {
+        unnormalisable(format!(
+            "the request path is ambiguous and was refused: {e}"
+        ))
+    })?;
+    let mut classification = classify::databricks::classify(method, &normalized, uri.query())
+        .map_err(|e| unnormalisable(format!("{e}; the request was refused")))?;
     if wants_upgrade(version, headers) {
         let websocket = headers
             .get_all(header::UPGRADE)

@@ -57,10 +57,27 @@ fn split_target(target: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn classify_target(method: &Method, target: &str) -> Result<Classification, PathError> {
+/// Why a target was refused: its path, or a parameter naming its asset.
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug, in failure messages
+enum Refused {
+    Path(PathError),
+    Asset(AssetError),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Path(e) => e.fmt(f),
+            Refused::Asset(e) => e.fmt(f),
+        }
+    }
+}
+
+fn classify_target(method: &Method, target: &str) -> Result<Classification, Refused> {
     let (raw, query) = split_target(target);
-    let path = normalize_path(raw)?;
-    Ok(classify(method, &path, query))
+    let path = normalize_path(raw).map_err(Refused::Path)?;
+    classify(method, &path, query).map_err(Refused::Asset)
 }
 
 fn dash(value: Option<&str>) -> &str {
@@ -166,12 +183,96 @@ fn body_checks_are_requested_where_the_catalog_inspects() {
 }
 
 #[test]
-fn query_param_takes_the_first_occurrence_decoded() {
-    assert_eq!(query_param(Some("a=1&a=2"), "a").as_deref(), Some("1"));
-    assert_eq!(query_param(Some("p=%2Fx+y"), "p").as_deref(), Some("/x y"));
-    assert_eq!(query_param(Some("pa=1"), "p"), None);
-    assert_eq!(query_param(Some("p"), "p").as_deref(), Some(""));
-    assert_eq!(query_param(None, "p"), None);
+fn asset_parameters_are_resolved_or_refused() {
+    let asset = |target: &str| {
+        classify_target(&Method::GET, target)
+            .unwrap_or_else(|e| panic!("{target}: refused: {e}"))
+            .asset
+            .map(|a| (a.kind, a.path))
+    };
+    let refused = |target: &str| match classify_target(&Method::GET, target) {
+        Err(Refused::Asset(e)) => e,
+        other => panic!("{target}: not refused for its asset: {other:?}"),
+    };
+    use AssetKind::{Dbfs, Volume, Workspace};
+    let read = |path: &str| format!("/api/2.0/dbfs/read?path={path}");
+    assert_eq!(
+        asset(&read("dbfs:/FileStore/approved/../../mnt/pii/x")),
+        Some((Dbfs, "dbfs:/mnt/pii/x".into()))
+    );
+    assert_eq!(
+        asset(&read(
+            "dbfs%3A%2FFileStore%2Fapproved%2F..%2F..%2Fmnt%2Fpii%2Fx"
+        )),
+        Some((Dbfs, "dbfs:/mnt/pii/x".into())),
+        "encoded once, as clients send it"
+    );
+    assert_eq!(
+        asset(&read("dbfs:/FileStore//approved/./x.csv")),
+        Some((Dbfs, "dbfs:/FileStore/approved/x.csv".into()))
+    );
+    assert_eq!(
+        asset(&read("DBFS:FileStore/x")),
+        Some((Dbfs, "dbfs:/FileStore/x".into()))
+    );
+    assert_eq!(
+        asset(&read("/Volumes/c/s/v/../../../../mnt/pii/x")),
+        Some((Dbfs, "dbfs:/mnt/pii/x".into())),
+        "a Volume only if it still is one once resolved"
+    );
+    assert_eq!(
+        asset(&read("dbfs:/mnt/../Volumes/c/s/v/f")),
+        Some((Volume, "/Volumes/c/s/v/f".into()))
+    );
+    assert_eq!(
+        asset("/api/2.0/workspace/export?path=/Users/a/../../Shared/./x"),
+        Some((Workspace, "/Shared/x".into()))
+    );
+    assert_eq!(
+        asset("/api/2.0/dbfs/read?path=/a&path=%2Fa"),
+        Some((Dbfs, "dbfs:/a".into())),
+        "the same value twice is one value"
+    );
+    let above = AssetError {
+        param: "path",
+        why: AssetPathError::AboveRoot,
+    };
+    assert_eq!(refused(&read("dbfs:/FileStore/../../x")), above);
+    assert_eq!(refused(&read("../x")), above);
+    assert_eq!(
+        refused("/api/2.0/mlflow/artifacts/get-artifact?path=model/../../x&run_id=1"),
+        above
+    );
+    let why = |target: &str| refused(target).why;
+    assert_eq!(
+        why(&read("dbfs:/FileStore/approved%252F..%252F..%252Fmnt")),
+        AssetPathError::DoubleEncoded
+    );
+    assert_eq!(
+        why(&read("dbfs:/FileStore/%2e%2e/%2e%2e/x")),
+        AssetPathError::AboveRoot,
+        "one decoding makes it a dot segment"
+    );
+    assert_eq!(
+        why(&read("dbfs:/FileStore/%252e%252e/x")),
+        AssetPathError::DoubleEncoded
+    );
+    assert_eq!(why(&read("dbfs://mnt/pii")), AssetPathError::Authority);
+    assert_eq!(why(&read("/a%5C..%5Cb")), AssetPathError::Backslash);
+    assert_eq!(why(&read("/a%00b")), AssetPathError::ControlByte);
+    assert_eq!(why(&read("/a%C0%AFb")), AssetPathError::InvalidUtf8);
+    assert_eq!(
+        why("/api/2.0/dbfs/read?path=dbfs:/FileStore/approved/x&path=dbfs:/mnt/pii/x"),
+        AssetPathError::Repeated
+    );
+    assert_eq!(
+        why("/api/2.0/dbfs/read?path=dbfs:/ok/x&PATH=dbfs:/mnt/pii/x"),
+        AssetPathError::Repeated
+    );
+    let run = refused("/api/2.1/jobs/runs/get-output?run_id=1&run_id=2");
+    assert_eq!((run.param, run.why), ("run_id", AssetPathError::Repeated));
+    let secret = refused("/api/2.0/secrets/get?scope=ok&key=a&scope=other");
+    assert_eq!(secret.param, "scope");
 }
 
 #[test]
@@ -301,7 +402,7 @@ fn very_deep_paths_classify_like_shallow_ones() {
     let deep: String = (0..40).map(|i| format!("/d{i}")).collect();
     let raw = format!("/api/2.0/fs/files/Volumes/main/raw/v{deep}/x.csv");
     let path = crate::classify::normalize_path(&raw).unwrap();
-    let c = classify(&http::Method::GET, &path, None);
+    let c = classify(&http::Method::GET, &path, None).unwrap();
     assert_eq!(c.action.name, "files.download");
     let asset = c.asset.unwrap();
     assert!(asset.path.ends_with("/d39/x.csv"), "{}", asset.path);
