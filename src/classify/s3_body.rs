@@ -23,6 +23,11 @@ struct Rule {
     enabled: bool,
     expiration_days: Option<u64>,
     expiration_date: bool,
+    /// How many `Status`, `Expiration` and `Expiration/Days` elements the rule has: more than
+    /// one of any has no single reading (some parsers keep the first, others the last).
+    statuses: u32,
+    expirations: u32,
+    days: u32,
 }
 
 /// `PutBucketLifecycleConfiguration`: every rule must be enabled and expire current objects
@@ -68,78 +73,131 @@ fn parse_lifecycle(body: &[u8]) -> Result<Vec<Rule>, &'static str> {
     let mut path: Vec<Vec<u8>> = Vec::new();
     let mut rules = Vec::new();
     let mut current: Option<Rule> = None;
+    // The text of the innermost open element, joined across comments as S3 joins it: a value
+    // read piece by piece (`1<!---->000`) would be read as its last piece.
+    let mut text = String::new();
     loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) => {
-                let name = e.local_name().as_ref().to_vec();
-                if name == b"Rule" && path.len() == 1 {
-                    current = Some(Rule::default());
-                }
-                if name == b"Date" && in_expiration(&path) {
-                    if let Some(r) = current.as_mut() {
-                        r.expiration_date = true;
+        let (name, empty) = match reader.read_event() {
+            Ok(Event::Start(e)) => (e.local_name().as_ref().to_vec(), false),
+            Ok(Event::Empty(e)) => (e.local_name().as_ref().to_vec(), true),
+            Ok(Event::End(_)) => {
+                if let Some(rule) = current.as_mut() {
+                    let value = text.trim();
+                    match path.last().map(Vec::as_slice) {
+                        Some(b"Status") if path.len() == 3 => rule.enabled = value == "Enabled",
+                        Some(b"Days") if in_expiration(&path[..path.len() - 1]) => {
+                            let days = value
+                                .parse::<u64>()
+                                .map_err(|_| "Expiration/Days is not a number")?;
+                            rule.expiration_days = Some(days);
+                        }
+                        _ => {}
                     }
                 }
-                path.push(name);
-                if path.len() > 16 {
-                    return Err("the XML is nested too deeply");
-                }
-            }
-            Ok(Event::End(_)) => {
+                text.clear();
                 if path.pop().as_deref() == Some(b"Rule") && path.len() == 1 {
                     rules.extend(current.take());
                 }
+                continue;
             }
-            Ok(Event::Empty(_)) => {}
             Ok(Event::Text(t)) => {
-                let text = t.decode().map_err(|_| "the XML text is not UTF-8")?;
-                let text = text.trim();
-                let Some(rule) = current.as_mut() else {
-                    continue;
-                };
-                match path.last().map(Vec::as_slice) {
-                    Some(b"Status") if path.len() == 3 => rule.enabled = text == "Enabled",
-                    Some(b"Days") if in_expiration(&path[..path.len() - 1]) => {
-                        let days = text
-                            .parse::<u64>()
-                            .map_err(|_| "Expiration/Days is not a number")?;
-                        rule.expiration_days = Some(days);
-                    }
-                    _ => {}
-                }
+                text.push_str(&t.decode().map_err(|_| "the XML text is not UTF-8")?);
+                continue;
             }
-            Ok(Event::Decl(_)) | Ok(Event::Comment(_)) => {}
+            Ok(Event::Decl(_)) | Ok(Event::Comment(_)) => continue,
             Ok(Event::Eof) => break,
             // DTDs, entity references, CDATA, processing instructions: not in a lifecycle
             // document S3 clients send, and the usual way to make parsers disagree.
             Ok(_) => return Err("the XML uses constructs a lifecycle configuration never needs"),
             Err(_) => return Err("the XML is not well-formed"),
+        };
+        if let Some(rule) = current.as_mut() {
+            if is_value(&path) {
+                return Err("a lifecycle Status or Days has elements inside it");
+            }
+            match name.as_slice() {
+                b"Status" if path.len() == 2 => rule.statuses += 1,
+                b"Expiration" if path.len() == 2 => rule.expirations += 1,
+                b"Days" if in_expiration(&path) => rule.days += 1,
+                b"Date" if in_expiration(&path) => rule.expiration_date = true,
+                _ => {}
+            }
+        }
+        if empty {
+            continue;
+        }
+        if name == b"Rule" && path.len() == 1 {
+            current = Some(Rule::default());
+        }
+        path.push(name);
+        text.clear();
+        if path.len() > 16 {
+            return Err("the XML is nested too deeply");
         }
     }
     if !path.is_empty() {
         return Err("the XML ends before its elements close");
     }
+    if rules
+        .iter()
+        .any(|r| r.statuses > 1 || r.expirations > 1 || r.days > 1)
+    {
+        return Err("a lifecycle rule repeats Status, Expiration or Days");
+    }
     Ok(rules)
+}
+
+/// Whether `path` is a rule's `Status` or `Expiration/Days`, whose text the check reads.
+fn is_value(path: &[Vec<u8>]) -> bool {
+    match path.last().map(Vec::as_slice) {
+        Some(b"Status") => path.len() == 3,
+        Some(b"Days") => in_expiration(&path[..path.len() - 1]),
+        _ => false,
+    }
 }
 
 fn in_expiration(path: &[Vec<u8>]) -> bool {
     path.len() == 3 && path[2] == b"Expiration"
 }
 
-/// `PutBucketVersioning`: suspending versioning (or anything but `Enabled`) weakens it.
+/// `PutBucketVersioning`: suspending versioning (or anything but `Enabled`) weakens it. Only
+/// the configuration's own `Status` counts, read whole across comments, and only once.
 pub fn versioning_keeps(body: &[u8]) -> ConfigVerdict {
     let mut reader = Reader::from_reader(body);
+    let mut depth = 0usize;
     let mut in_status = false;
-    let mut status: Option<String> = None;
+    let mut text = String::new();
+    let mut statuses: Vec<String> = Vec::new();
     loop {
         match reader.read_event() {
-            Ok(Event::Start(e)) => in_status = e.local_name().as_ref() == b"Status",
-            Ok(Event::End(_)) => in_status = false,
+            Ok(Event::Start(_) | Event::Empty(_)) if in_status => {
+                return ConfigVerdict::Malformed("the versioning status has elements inside it")
+            }
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                in_status = depth == 2 && e.local_name().as_ref() == b"Status";
+                text.clear();
+                if depth > 16 {
+                    return ConfigVerdict::Malformed("the XML is nested too deeply");
+                }
+            }
+            Ok(Event::Empty(e)) => {
+                if depth == 1 && e.local_name().as_ref() == b"Status" {
+                    statuses.push(String::new());
+                }
+            }
+            Ok(Event::End(_)) => {
+                if in_status {
+                    statuses.push(text.trim().to_owned());
+                    in_status = false;
+                }
+                depth = depth.saturating_sub(1);
+            }
             Ok(Event::Text(t)) if in_status => match t.decode() {
-                Ok(text) => status = Some(text.trim().to_owned()),
+                Ok(piece) => text.push_str(&piece),
                 Err(_) => return ConfigVerdict::Malformed("the XML text is not UTF-8"),
             },
-            Ok(Event::Text(_) | Event::Empty(_) | Event::Decl(_) | Event::Comment(_)) => {}
+            Ok(Event::Text(_) | Event::Decl(_) | Event::Comment(_)) => {}
             Ok(Event::Eof) => break,
             Ok(_) => {
                 return ConfigVerdict::Malformed(
@@ -149,9 +207,15 @@ pub fn versioning_keeps(body: &[u8]) -> ConfigVerdict {
             Err(_) => return ConfigVerdict::Malformed("the XML is not well-formed"),
         }
     }
-    match status.as_deref() {
-        Some("Enabled") => ConfigVerdict::Keeps,
-        Some("Suspended") => ConfigVerdict::Weakens("versioning may not be suspended"),
+    if depth != 0 {
+        return ConfigVerdict::Malformed("the XML ends before its elements close");
+    }
+    match statuses.as_slice() {
+        [status] if status == "Enabled" => ConfigVerdict::Keeps,
+        [status] if status == "Suspended" => {
+            ConfigVerdict::Weakens("versioning may not be suspended")
+        }
+        [_, _, ..] => ConfigVerdict::Malformed("the versioning status is repeated"),
         _ => ConfigVerdict::Malformed("the versioning status is missing or unknown"),
     }
 }
@@ -226,6 +290,66 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn text_is_read_whole_across_comments_as_s3_reads_it() {
+        use ConfigVerdict::*;
+        // S3 joins an element's text across a comment: this rule keeps objects 1000 days,
+        // not 0 (the last piece) or 1 (the first).
+        let split = R30.replace("<Days>30</Days>", "<Days>1<!---->000</Days>");
+        assert!(matches!(
+            lifecycle_keeps_retention(&lifecycle(&split), 30),
+            Weakens(_)
+        ));
+        let joined = R30.replace("<Days>30</Days>", "<Days> 3<!-- x -->0 </Days>");
+        assert_eq!(lifecycle_keeps_retention(&lifecycle(&joined), 30), Keeps);
+        let status = R30.replace("Enabled", "Enab<!---->led");
+        assert_eq!(lifecycle_keeps_retention(&lifecycle(&status), 30), Keeps);
+        let status = R30.replace("Enabled", "Disabled<!---->Enabled");
+        assert!(matches!(
+            lifecycle_keeps_retention(&lifecycle(&status), 30),
+            Weakens(_)
+        ));
+    }
+
+    #[test]
+    fn a_repeated_element_has_no_single_reading() {
+        use ConfigVerdict::*;
+        // Parsers differ on whether the first or the last of a repeated element wins.
+        for rule in [
+            R30.replace("<Days>30</Days>", "<Days>1000</Days><Days>30</Days>"),
+            R30.replace(
+                "<Expiration><Days>30</Days></Expiration>",
+                "<Expiration><Days>1000</Days></Expiration><Expiration><Days>30</Days></Expiration>",
+            ),
+            R30.replace(
+                "<Status>Enabled</Status>",
+                "<Status>Disabled</Status><Status>Enabled</Status>",
+            ),
+        ] {
+            assert!(
+                matches!(lifecycle_keeps_retention(&lifecycle(&rule), 90), Malformed(_)),
+                "{rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_configurations_own_status_is_the_versioning_status() {
+        use ConfigVerdict::*;
+        for body in [
+            "<VersioningConfiguration><Status>Suspended</Status><X><Status>Enabled</Status></X></VersioningConfiguration>",
+            "<VersioningConfiguration><Status>Suspended</Status><Status>Enabled</Status></VersioningConfiguration>",
+            "<VersioningConfiguration><Status>Suspen<!---->ded</Status></VersioningConfiguration>",
+            "<VersioningConfiguration><X><Status>Enabled</Status></X></VersioningConfiguration>",
+        ] {
+            assert_ne!(versioning_keeps(body.as_bytes()), Keeps, "{body}");
+        }
+        assert_eq!(
+            versioning_keeps(b"<VersioningConfiguration><Status>Ena<!---->bled</Status></VersioningConfiguration>"),
+            Keeps
+        );
     }
 
     #[test]
