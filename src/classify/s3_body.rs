@@ -343,6 +343,9 @@ mod tests {
             "<VersioningConfiguration><Status>Suspended</Status><Status>Enabled</Status></VersioningConfiguration>",
             "<VersioningConfiguration><Status>Suspen<!---->ded</Status></VersioningConfiguration>",
             "<VersioningConfiguration><X><Status>Enabled</Status></X></VersioningConfiguration>",
+            // Found by fuzz/fuzz_targets/lifecycle_xml.rs: a lifecycle rule's Status read as
+            // the versioning status.
+            "<LifecycleConfiguration><Rule><Status>Enabled</Status>d<Expiration><Days>30</Days></Expiration></Rule></LifecycleConfiguration>",
         ] {
             assert_ne!(versioning_keeps(body.as_bytes()), Keeps, "{body}");
         }
