@@ -2,7 +2,6 @@
 //! certificates) and the client side used towards upstreams and the identity provider
 //! (system roots or a configured CA file). Nothing here ever disables verification.
 
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +9,9 @@ use std::time::Duration;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::RootCertStore;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A pooled HTTP/1.1 + h2 client for http:// and https:// URLs.
 pub type HttpsClient =
@@ -21,21 +21,33 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Every certificate in a PEM file, in order; none at all is an error.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(file)).collect();
-    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate found", path.display()));
-    }
-    Ok(certs)
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .and_then(|certs| match certs.is_empty() {
+            true => Err(pem::Error::NoItemsFound),
+            false => Ok(certs),
+        })
+        .map_err(|e| pem_error(path, "certificate", e))
 }
 
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in a PEM file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .ok_or_else(|| format!("{}: no PEM private key found", path.display()))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, "private key", e))
+}
+
+/// Says what is wrong with a PEM file without quoting it: the file may hold a key.
+fn pem_error(path: &Path, what: &str, e: pem::Error) -> String {
+    let why = match e {
+        pem::Error::NoItemsFound => format!("no PEM {what} found"),
+        pem::Error::Io(e) => e.to_string(),
+        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".to_owned(),
+        pem::Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".to_owned(),
+        pem::Error::Base64Decode(_) => "a PEM section is not valid base64".to_owned(),
+        e => e.to_string(),
+    };
+    format!("{}: {why}", path.display())
 }
 
 /// Server-side TLS: the gateway certificate, ALPN `h2` then `http/1.1`, and — when a client
@@ -133,4 +145,63 @@ pub fn https_client(
 pub fn certificate_label(der: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn dev_certificates_and_keys_load_and_make_a_server_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::dev::generate_certs(&[], "client").unwrap();
+        let chain = format!("{}{}", dev.server_cert, dev.ca_cert);
+        let cert = write(dir.path(), "server.crt", &chain);
+        let key = write(dir.path(), "server.key", &dev.server_key);
+        let ca = write(dir.path(), "ca.crt", &dev.ca_cert);
+        assert_eq!(load_certs(&cert).unwrap().len(), 2);
+        assert!(matches!(load_key(&key).unwrap(), PrivateKeyDer::Pkcs8(_)));
+        let config = server_config(&cert, &key, Some(&ca)).unwrap();
+        assert_eq!(config.alpn_protocols[0], b"h2");
+        assert!(client_config(Some(&ca)).is_ok());
+    }
+
+    #[test]
+    fn pem_files_without_the_item_or_broken_are_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::dev::generate_certs(&[], "client").unwrap();
+        let key_only = write(dir.path(), "key.pem", &dev.server_key);
+        let cert_only = write(dir.path(), "cert.pem", &dev.server_cert);
+        let err = load_certs(&key_only).unwrap_err();
+        assert!(err.ends_with("key.pem: no PEM certificate found"), "{err}");
+        let err = load_key(&cert_only).unwrap_err();
+        assert!(err.ends_with("cert.pem: no PEM private key found"), "{err}");
+        let err = load_key(&dir.path().join("absent.pem")).unwrap_err();
+        assert!(err.contains("absent.pem: "), "{err}");
+
+        // A key whose END line is missing, or whose body is not base64: the reason, never
+        // the key material.
+        let body: String = dev.server_key.lines().nth(1).unwrap().to_owned();
+        let truncated = dev.server_key.replace("-----END PRIVATE KEY-----", "");
+        let err = load_key(&write(dir.path(), "cut.pem", &truncated)).unwrap_err();
+        assert!(
+            err.ends_with("cut.pem: a PEM section has no END line"),
+            "{err}"
+        );
+        let garbled = dev
+            .server_key
+            .replace(&body, &format!("{}!*", &body[..body.len() - 2]));
+        let err = load_key(&write(dir.path(), "bad.pem", &garbled)).unwrap_err();
+        assert!(
+            err.ends_with("bad.pem: a PEM section is not valid base64"),
+            "{err}"
+        );
+        assert!(!err.contains(&body[..16]));
+    }
 }

@@ -13,6 +13,8 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -85,26 +87,19 @@ fn key_id(public: &[u8]) -> String {
     hex::encode(&Sha256::digest(public)[..8])
 }
 
-fn pem_body(text: &str, label: &str) -> Result<Vec<u8>, String> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text
-        .find(&begin)
-        .ok_or_else(|| format!("not a PEM {label}"))?;
-    let rest = &text[start + begin.len()..];
-    let stop = rest
-        .find(&end)
-        .ok_or_else(|| format!("not a PEM {label}"))?;
-    let b64: String = rest[..stop].split_whitespace().collect();
-    B64.decode(b64)
-        .map_err(|_| format!("the PEM {label} is not valid base64"))
+/// The first `T` in a PEM text, by the PEM reader the TLS setup uses too.
+fn pem_section<T: PemObject>(text: &str, label: &str) -> Result<T, String> {
+    T::from_pem_slice(text.as_bytes()).map_err(|e| match e {
+        pem::Error::Base64Decode(_) => format!("the PEM {label} is not valid base64"),
+        _ => format!("not a PEM {label}"),
+    })
 }
 
 impl Signer {
     /// Reads a PKCS#8 PEM Ed25519 private key (what `gatehouse audit keygen` writes).
     pub fn from_pem(text: &str) -> Result<Signer, String> {
-        let der = pem_body(text, "PRIVATE KEY")?;
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        let der: PrivatePkcs8KeyDer<'_> = pem_section(text, "PRIVATE KEY")?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
             .map_err(|_| "not an Ed25519 PKCS#8 private key".to_owned())?;
         let key_id = key_id(pair.public_key().as_ref());
         Ok(Signer { pair, key_id })
@@ -132,8 +127,9 @@ impl Signer {
 impl PublicKey {
     /// Reads a SubjectPublicKeyInfo PEM Ed25519 public key (`PATH.pub`).
     pub fn from_pem(text: &str) -> Result<PublicKey, String> {
-        let der = pem_body(text, "PUBLIC KEY")?;
+        let der: SubjectPublicKeyInfoDer<'_> = pem_section(text, "PUBLIC KEY")?;
         let raw = der
+            .as_ref()
             .strip_prefix(&SPKI_PREFIX[..])
             .filter(|k| k.len() == 32)
             .ok_or_else(|| "not an Ed25519 public key".to_owned())?

@@ -19,7 +19,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Heads larger than this are not followed: the request is refused (fail closed).
+/// Heads, chunk-size lines and trailer sections larger than this are not followed: the
+/// request is refused (fail closed).
 pub const MAX_HEAD: usize = 64 * 1024;
 /// More header lines than this and the request is refused; hyper's own limit is 100.
 const MAX_HEADERS: usize = 128;
@@ -140,14 +141,17 @@ impl Tracker {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&self.line) {
-            Ok(httparse::Status::Complete(end)) => {
+            // The limit holds however the head arrived: one large read must not pass a head
+            // that the same bytes in small reads would have refused.
+            Ok(httparse::Status::Complete(end)) if end <= MAX_HEAD => {
                 let framing = Framing::of(&request);
                 self.line.clear();
                 self.head(framing);
                 &data[end - start..]
             }
             Ok(httparse::Status::Partial) if self.line.len() <= MAX_HEAD => &[],
-            // Too large, too many headers, or unparseable: hyper refuses these too.
+            // Too large (MAX_HEAD is below hyper's own limit, so this refuses heads hyper
+            // would take), too many headers, or unparseable.
             _ => {
                 self.give_up();
                 &[]
@@ -166,12 +170,16 @@ impl Tracker {
         self.line.extend_from_slice(data);
         let search_from = start.saturating_sub(terminator.len() - 1);
         match find(&self.line[search_from..], terminator) {
-            Some(pos) => {
+            Some(pos) if search_from + pos + terminator.len() <= MAX_HEAD => {
                 let end = search_from + pos + terminator.len();
                 let used = end - start;
                 let block = std::mem::take(&mut self.line);
                 self.complete(&block[..end]);
                 &data[used..]
+            }
+            Some(_) => {
+                self.give_up();
+                &[]
             }
             None => {
                 if self.line.len() > MAX_HEAD {
@@ -409,6 +417,26 @@ mod tests {
         assert_eq!(flagged(bad, 3, 1), vec![0]);
         let gzip = b"POST /b HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(flagged(gzip, 3, 1), vec![0]);
+    }
+
+    #[test]
+    fn a_head_or_chunk_line_over_the_limit_is_refused_however_it_arrives() {
+        // One read used to follow a complete head (or trailer block) of any size that a
+        // series of small reads refused: the verdict must not depend on how TCP cuts it.
+        let padding = "a".repeat(MAX_HEAD);
+        let big_head = format!("GET / HTTP/1.1\r\nX: {padding}\r\n\r\n");
+        let big_trailer = format!(
+            "POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: {padding}\r\n\r\n"
+        );
+        let big_chunk_line = format!(
+            "POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;{padding}\r\nx\r\n0\r\n\r\n"
+        );
+        for big in [big_head, big_trailer, big_chunk_line] {
+            let stream = [big.as_bytes(), CLEAN_GET].concat();
+            for step in [1024, MAX_HEAD + 1, stream.len()] {
+                assert_eq!(flagged(&stream, step, 2), vec![0, 1], "step {step}");
+            }
+        }
     }
 
     #[test]

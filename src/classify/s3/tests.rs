@@ -6,44 +6,19 @@ use super::*;
 
 const OPERATIONS_TSV: &str = include_str!("../../../tests/fixtures/s3_operations.tsv");
 const CREDENTIALS_TSV: &str = include_str!("../../../tests/fixtures/s3_credentials.tsv");
+const HOSTS_TSV: &str = include_str!("../../../tests/fixtures/s3_hosts.tsv");
 
-/// The `[s3] hosts` the operation fixture is read against.
-pub(super) const HOSTS: &[&str] = &[
-    "s3.eu-west-2.amazonaws.com",
-    "*.s3.eu-west-2.amazonaws.com",
-    "s3.amazonaws.com",
-    "*.s3.amazonaws.com",
-    "s3-external-1.amazonaws.com",
-    "s3-eu-west-1.amazonaws.com",
-    "*.s3.dualstack.eu-west-2.amazonaws.com",
-    "*.s3-fips.us-east-1.amazonaws.com",
-    "*.s3-accelerate.amazonaws.com",
-    "*.s3-accelerate.dualstack.amazonaws.com",
-    "s3.cn-north-1.amazonaws.com.cn",
-    "*.s3.cn-north-1.amazonaws.com.cn",
-    "*.s3-accesspoint.eu-west-2.amazonaws.com",
-    "*.s3-object-lambda.eu-west-2.amazonaws.com",
-    "*.accesspoint.s3-global.amazonaws.com",
-    "*.vpce-1a2b3c4d-5e6f.s3.eu-west-2.vpce.amazonaws.com",
-    // Too broad on purpose: `b.s3.eu-central-1.amazonaws.com` has two readings.
-    "*.eu-central-1.amazonaws.com",
-    "localhost",
-    "*.localhost",
-    "127.0.0.1",
-    "[::1]",
-];
-
-pub(super) const ACCESS_POINTS: &[(&str, &str)] = &[(
-    "lab-ap-123456789012.s3-accesspoint.eu-west-2.amazonaws.com",
-    "buk-aiml-lab",
-)];
-
+/// The `[s3] hosts` and access points the operation fixture is read against.
 pub(super) fn hosts() -> S3Hosts {
-    let names: Vec<String> = HOSTS.iter().map(|h| h.to_string()).collect();
-    let access_points: Vec<(String, String)> = ACCESS_POINTS
-        .iter()
-        .map(|(h, b)| (h.to_string(), b.to_string()))
-        .collect();
+    let mut names = Vec::new();
+    let mut access_points = Vec::new();
+    for (_, row) in rows(HOSTS_TSV) {
+        match row.as_slice() {
+            [host] => names.push(host.to_string()),
+            [host, bucket] => access_points.push((host.to_string(), bucket.to_string())),
+            _ => panic!("s3_hosts.tsv: a host, or an access point host and its bucket"),
+        }
+    }
     S3Hosts::new(&names, &access_points)
 }
 
