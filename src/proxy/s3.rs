@@ -1,7 +1,9 @@
 //! The S3 data path: parse bucket, key and operation; attribute the signature's access key
 //! (or, for temporary credentials, the client's network); inspect the few bucket-configuration bodies the rules depend
-//! on; decide with the bucket rules; record; and forward *unchanged* — the client's Host, raw
-//! path, query, every header and the body — because any change breaks the SigV4 signature.
+//! on; decide with the bucket rules; record; and forward *unchanged* — the Host the client
+//! signed (pinned: the authority the request was decided on, also when the client sent it
+//! only as h2's `:authority` or an absolute-form target), raw path, query, every header and
+//! the body — because any change breaks the SigV4 signature.
 
 use std::time::Instant;
 
@@ -270,18 +272,29 @@ async fn decide_and_forward(
             &x.request_id,
         );
     };
-    let completion = x.completion();
-    let gate = continue_gate(&parts);
-    let upstream_body = body.into_upstream(&completion, gate.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, false);
-    set_forwarded_keep_host(
+    if set_forwarded_keep_host(
         &mut parts.headers,
         &x.conn.peer_ip,
         if x.conn.tls { "https" } else { "http" },
+        &x.host,
         &x.request_id,
-    );
+    )
+    .is_err()
+    {
+        return refusal_response_in(
+            Dialect::S3,
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request's authority cannot be forwarded as Host",
+            &x.request_id,
+        );
+    }
+    let completion = x.completion();
+    let gate = continue_gate(&parts);
+    let upstream_body = body.into_upstream(&completion, gate.clone());
     let mut upstream_req = Request::from_parts(parts, upstream_body);
     open_on_continue(&mut upstream_req, &gate);
     let sent = Instant::now();
