@@ -178,6 +178,7 @@ fn s3_classify_and_decide(c: &mut Criterion) {
                     config_body: None,
                     list_prefix: None,
                     object_lock: class.object_lock,
+                    delete_keys: None,
                 };
                 let d = decide_s3(
                     &rules,

@@ -39,6 +39,9 @@ pub struct BucketRequest<'a> {
     pub list_prefix: Option<&'a str>,
     /// The request carries Object Lock headers.
     pub object_lock: bool,
+    /// The keys a `DeleteObjects` body names, read strictly (`s3_body::delete_keys`); `None`
+    /// for other operations, or when the body was not read.
+    pub delete_keys: Option<&'a [String]>,
 }
 
 /// The configured buckets, by name.
@@ -113,6 +116,7 @@ fn decide_enforced(
             config_body: None,
             list_prefix: None,
             object_lock: false,
+            delete_keys: None,
         };
         let d = decide_bucket(
             principal,
@@ -153,6 +157,9 @@ fn decide_bucket(
             // What an exception is matched against: the object, or what a listing names. A
             // `prefix` parameter on any other bucket-level request (`DeleteObjects`, whose
             // keys are in its body) names nothing and must not make it look like one.
+            if req.action.name == "DeleteObjects" {
+                return raw_delete_objects(bucket, principal, workspace, req, exceptions);
+            }
             let listed = req.list_prefix.filter(|_| req.access == S3Access::List);
             let key = req.key.or(listed).unwrap_or("");
             let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
@@ -172,6 +179,54 @@ fn decide_bucket(
         }
         BucketClass::Lab => lab(config, workspace, req),
         BucketClass::ProdOutput => prod_output(config, principal, workspace, req),
+    }
+}
+
+/// `DeleteObjects` on a raw bucket, decided per key: each key its body names is a
+/// `DeleteObject` of that key, and every one must be covered by an exception, or the whole
+/// request is refused (S3 would otherwise delete the covered keys and the rest alike).
+fn raw_delete_objects(
+    bucket: &str,
+    principal: &Principal,
+    workspace: Option<&str>,
+    req: &BucketRequest<'_>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    let closed = |why: String| {
+        deny(
+            "buckets.raw_blocked",
+            format!("raw bucket {bucket} is closed to everyone: {why}; ask a CDAO approver for a time-boxed exception"),
+        )
+    };
+    let keys = match req.delete_keys {
+        Some(keys) if !keys.is_empty() => keys,
+        _ => return closed("the keys of this DeleteObjects could not be read".into()),
+    };
+    let one = crate::classify::s3::DELETE_OBJECT.action;
+    let mut first = None;
+    for key in keys {
+        let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
+        match exceptions.covering(
+            super::ExceptionKind::RawBucket,
+            principal,
+            workspace.unwrap_or("-"),
+            &one,
+            Some(&asset),
+        ) {
+            Some(id) => {
+                first.get_or_insert(id);
+            }
+            None => {
+                return closed(format!(
+                    "no exception covers deleting {key} (one of the {} keys of this DeleteObjects), so none of them is deleted",
+                    keys.len()
+                ))
+            }
+        }
+    }
+    match first {
+        Some(id) => super::lifted("buckets.raw_blocked", id),
+        None => closed("the request names no key".into()),
     }
 }
 

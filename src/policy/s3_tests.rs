@@ -73,6 +73,7 @@ fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketReque
         config_body: None,
         list_prefix: None,
         object_lock: false,
+        delete_keys: None,
     }
 }
 
@@ -307,6 +308,30 @@ fn only_a_listing_is_matched_by_its_prefix_parameter() {
     batch.key = None;
     batch.list_prefix = Some("landing/");
     assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    // Decided per key from its body: all covered, or the whole request is refused.
+    let covered = ["landing/a.csv".to_owned(), "landing/b/c.csv".to_owned()];
+    batch.delete_keys = Some(&covered);
+    assert_eq!(decide_with(&batch), (Effect::Allow, Some("EXC-1".into())));
+    let one_outside = [
+        "landing/a.csv".to_owned(),
+        "pii/customers.csv".to_owned(),
+        "landing/b.csv".to_owned(),
+    ];
+    batch.delete_keys = Some(&one_outside);
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    let none: [String; 0] = [];
+    batch.delete_keys = Some(&none);
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    // Bucket-level sub-resources are never covered by a prefix, whatever the query says.
+    let acl = Action::new("GetBucketAcl", Category::Metadata);
+    let location = Action::new("GetBucketLocation", Category::Metadata);
+    let policy = Action::new("GetBucketPolicy", Category::Metadata);
+    for action in [&acl, &location, &policy] {
+        let mut r = req(action, S3Access::ReadMetadata, "buk-raw");
+        r.key = None;
+        r.list_prefix = Some("landing/");
+        assert_eq!(decide_with(&r), (Effect::Deny, None), "{}", action.name);
+    }
 }
 
 /// Object Lock would keep objects past the lab's retention, beyond the lifecycle's reach.

@@ -37,6 +37,8 @@ pub struct S3Record {
     pub access_key: Option<(String, &'static str, bool)>,
     /// The caller's workspace (from its key or its network).
     pub workspace: Option<String>,
+    /// The keys a `DeleteObjects` names.
+    pub keys: Option<Vec<String>>,
 }
 
 impl S3Record {
@@ -45,6 +47,7 @@ impl S3Record {
             bucket: self.bucket.as_deref(),
             key: self.key.as_deref(),
             copy_source: self.copy_source.as_deref(),
+            keys: self.keys.as_deref(),
         }
     }
 
@@ -161,14 +164,14 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     let workspace = caller.workspace.as_deref();
     if !matches!(
         class.action.name,
-        "PutBucketLifecycleConfiguration" | "PutBucketVersioning"
+        "PutBucketLifecycleConfiguration" | "PutBucketVersioning" | "DeleteObjects"
     ) {
         return decide_and_forward(
             x,
             s3,
             class,
             workspace,
-            None,
+            (None, None),
             parts,
             ForwardBody::Stream(incoming),
         )
@@ -187,6 +190,37 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
             _ => None,
         }
     };
+    if class.action.name == "DeleteObjects" {
+        // Decided per key, so the keys must be read exactly as S3 will read them; the body
+        // is then forwarded byte for byte (its hash may be signed, Content-MD5 or an
+        // x-amz-checksum-* must still verify).
+        let keys = match bytes.as_deref().map(s3_body::delete_keys) {
+            Some(Ok(keys)) => keys,
+            Some(Err(why)) => {
+                return x
+                    .refuse(
+                        Refusal::BadRequest,
+                        "request.malformed",
+                        format!("the DeleteObjects body cannot be read unambiguously: {why}"),
+                    )
+                    .await
+            }
+            None => {
+                return x
+                    .refuse(
+                        Refusal::BadRequest,
+                        "request.malformed",
+                        "the DeleteObjects body could not be read (encoded, larger than 1 MiB or too slow)",
+                    )
+                    .await
+            }
+        };
+        if let Some(record) = x.s3.as_mut() {
+            record.keys = Some(keys.clone());
+        }
+        let body = ForwardBody::Buffered(bytes.unwrap_or_default());
+        return decide_and_forward(x, s3, class, workspace, (None, Some(&keys)), parts, body).await;
+    }
     let retention = class
         .bucket
         .as_deref()
@@ -201,7 +235,7 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
         Some(b) => s3_body::lifecycle_keeps_retention(b, retention),
     };
     let body = ForwardBody::Buffered(bytes.unwrap_or_default());
-    decide_and_forward(x, s3, class, workspace, Some(verdict), parts, body).await
+    decide_and_forward(x, s3, class, workspace, (Some(verdict), None), parts, body).await
 }
 
 async fn decide_and_forward(
@@ -209,7 +243,7 @@ async fn decide_and_forward(
     s3: &super::S3Gateway,
     class: s3c::S3Classification,
     workspace: Option<&str>,
-    config_body: Option<ConfigVerdict>,
+    (config_body, delete_keys): (Option<ConfigVerdict>, Option<&[String]>),
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Response<ProxyBody> {
@@ -231,6 +265,7 @@ async fn decide_and_forward(
         config_body,
         list_prefix: list_prefix.as_deref(),
         object_lock: class.object_lock,
+        delete_keys,
     };
     let Some(principal) = x.principal.clone() else {
         return x

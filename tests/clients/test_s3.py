@@ -702,6 +702,57 @@ def test_cli_copies_a_raw_object_under_a_read_only_exception(aws: AwsCli, gw: Ga
         assert res.returncode == 0, res.stderr
 
 
+def test_cli_rm_recursive_under_a_write_exception_deletes_per_key(aws: AwsCli, boto, gw: Gateway, ca: Path,
+                                                                   up: MotoServer, trail: Trail, keys,
+                                                                   minter: TokenMinter, gateway_binary: Path,
+                                                                   tmp_path: Path, uid: str) -> None:
+    """`aws s3 rm --recursive` under an approved `--ops list,write` exception for a prefix: the
+    CLI lists, then sends DeleteObjects, which the gateway decides on every key of its body
+    (all under the prefix: let through, each key recorded). boto3's `delete_objects` naming one
+    key outside the prefix is refused whole and never reaches moto; both keys stay."""
+    lab = keys["lab"]
+    prefix = f"landing/{uid}/"
+    names = [f"{prefix}a.csv", f"{prefix}b/c d.csv", f"{prefix}e&f.csv"]
+    direct = up.client()
+    for name in names:
+        direct.put_object(Bucket=RAW, Key=name, Body=b"raw\n")
+    direct.put_object(Bucket=RAW, Key=f"pii/{uid}.csv", Body=b"pii\n")
+
+    workflow = s3harness.ExceptionsCli(gateway_binary, gw, ca, tmp_path / "approver-home")
+    res = workflow.run(minter.mint("alice@bank.example"), "request", "--kind", "raw-bucket",
+                       "--subject", str(lab.principal), "--bucket", RAW, "--prefix", prefix, "--ops", "list,write",
+                       "--reason", "clear a bad landing", "--ticket", "CHG-15", "--duration", "1h")
+    assert res.returncode == 0, res.stderr
+    exception = res.stdout.strip().splitlines()[-1]
+    approvers = [minter.mint(who, groups=[s3harness.EXCEPTION_APPROVERS])
+                 for who in ("carol@bank.example", "erin@bank.example")]
+    try:
+        for approver in approvers:
+            res = workflow.run(approver, "approve", exception, "--comment", "ok")
+            assert res.returncode == 0, res.stderr
+        up.reset_recording()
+        res = aws.run(["s3", "rm", "--recursive", f"s3://{RAW}/{prefix}"], lab, cwd=tmp_path)
+        assert res.returncode == 0, str(res)
+        assert not any(s3harness.object_exists(up, RAW, n) for n in names)
+        (rec,) = expect_allow(trail, "DeleteObjects", RAW, None, lab)
+        assert dig(rec, "decision.exception") == exception, s3_summary([rec])
+        assert sorted(dig(rec, "asset.keys")) == sorted(names), s3_summary([rec])
+
+        for name in names[:1]:
+            direct.put_object(Bucket=RAW, Key=name, Body=b"raw\n")
+        up.reset_recording()
+        batch = {"Objects": [{"Key": names[0]}, {"Key": f"pii/{uid}.csv"}]}
+        err = client_error(lambda: boto(lab).delete_objects(Bucket=RAW, Delete=batch))
+        assert_boto_denied(err)
+        assert_nothing_upstream(up)
+        assert s3harness.object_exists(up, RAW, names[0]) and s3harness.object_exists(up, RAW, f"pii/{uid}.csv")
+        rec = expect_deny(trail, "DeleteObjects", RAW, None, lab, rule_prefix="buckets.raw_blocked")
+        assert dig(rec, "asset.keys") == [names[0], f"pii/{uid}.csv"], s3_summary([rec])
+    finally:
+        res = workflow.run(approvers[0], "revoke", exception, "--comment", "done")
+        assert res.returncode == 0, res.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Attribution with workspace networks
 # ---------------------------------------------------------------------------------------------
