@@ -135,6 +135,17 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         ),
         (
             request(&h, "PUT", "/buk-aiml-lab?policy", LAB_KEY, "", "{}"),
+            "buckets.public_grant",
+        ),
+        (
+            request(
+                &h,
+                "PUT",
+                "/buk-aiml-lab?cors",
+                LAB_KEY,
+                "",
+                "<CORSConfiguration/>",
+            ),
             "buckets.lab_governance",
         ),
         (
@@ -692,4 +703,96 @@ async fn the_upstream_sees_the_host_the_request_was_decided_on() {
     let answer = send(&h, raw).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(h.standin.seen().len(), 4);
+}
+
+/// Issue 15.4: a public or foreign grant would make lab objects readable by anyone straight
+/// from S3. Refused in S3's shape, recorded, never forwarded; an owner-only ACL passes.
+#[tokio::test]
+async fn public_and_foreign_grants_never_reach_the_upstream() {
+    let h = s3_harness().await;
+    let all_users = "x-amz-grant-read: uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"\r\n";
+    let acl_body = "<AccessControlPolicy><Owner><ID>o</ID></Owner><AccessControlList><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"Group\"><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>";
+    for raw in [
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "x",
+        ),
+        request(&h, "PUT", "/buk-aiml-lab/a.csv", LAB_KEY, all_users, "x"),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/b.csv",
+            LAB_KEY,
+            "x-amz-copy-source: /buk-aiml-lab/a.csv\r\nx-amz-acl: public-read-write\r\n",
+            "",
+        ),
+        request(
+            &h,
+            "POST",
+            "/buk-aiml-lab/c.csv?uploads",
+            LAB_KEY,
+            all_users,
+            "",
+        ),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv?acl",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "",
+        ),
+        request(&h, "PUT", "/buk-aiml-lab/a.csv?acl", LAB_KEY, "", acl_body),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab?acl",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "",
+        ),
+        request(
+            &h,
+            "DELETE",
+            "/buk-aiml-lab?publicAccessBlock",
+            LAB_KEY,
+            "",
+            "",
+        ),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-prod-output/s.json",
+            PROD_KEY,
+            all_users,
+            "x",
+        ),
+    ] {
+        assert_denied(&h, &raw, "buckets.public_grant").await;
+    }
+    assert_nothing_upstream(&h);
+    let denials = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "decision" && r["decision"]["rule"] == "buckets.public_grant")
+        .count();
+    assert_eq!(denials, 9);
+    // Owner-only ACLs pass.
+    for acl in ["private", "bucket-owner-full-control"] {
+        let raw = request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv",
+            LAB_KEY,
+            &format!("x-amz-acl: {acl}\r\n"),
+            "x",
+        );
+        let answer = send(&h, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{acl}: {answer}");
+    }
+    assert_eq!(h.standin.seen().len(), 2);
 }

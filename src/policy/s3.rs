@@ -42,6 +42,8 @@ pub struct BucketRequest<'a> {
     /// The keys a `DeleteObjects` body names, read strictly (`s3_body::delete_keys`); `None`
     /// for other operations, or when the body was not read.
     pub delete_keys: Option<&'a [String]>,
+    /// Why the request may grant access beyond the bucket owner (`s3::public_grant`).
+    pub public_grant: Option<&'static str>,
 }
 
 /// The configured buckets, by name.
@@ -117,6 +119,7 @@ fn decide_enforced(
             list_prefix: None,
             object_lock: false,
             delete_keys: None,
+            public_grant: None,
         };
         let d = decide_bucket(
             principal,
@@ -152,6 +155,9 @@ fn decide_bucket(
             ),
         );
     };
+    if let Some(decided) = who_may_reach(config, principal, req) {
+        return decided;
+    }
     match config.class {
         BucketClass::Raw => {
             // What an exception is matched against: the object, or what a listing names. A
@@ -180,6 +186,68 @@ fn decide_bucket(
         BucketClass::Lab => lab(config, workspace, req),
         BucketClass::ProdOutput => prod_output(config, principal, workspace, req),
     }
+}
+
+/// The bucket-level settings that say who may reach a bucket's data straight from S3: its
+/// ACL, its policy, its public access block and its ownership controls (which re-enable or
+/// disable ACLs). Changed only by a principal the bucket's `governance_admins` names.
+const WHO_MAY_REACH: [&str; 7] = [
+    "PutBucketAcl",
+    "PutBucketPolicy",
+    "DeleteBucketPolicy",
+    "PutPublicAccessBlock",
+    "DeletePublicAccessBlock",
+    "PutBucketOwnershipControls",
+    "DeleteBucketOwnershipControls",
+];
+
+/// `buckets.public_grant`, for every bucket class: nothing may make data reachable by anyone
+/// but the bucket owner, outside the gateway. `Some` decides the request; `None` leaves it to
+/// the class's rules.
+fn who_may_reach(
+    config: &BucketConfig,
+    principal: &Principal,
+    req: &BucketRequest<'_>,
+) -> Option<Decision> {
+    if WHO_MAY_REACH.contains(&req.action.name) {
+        if config.governance_admins.contains(&principal.id) {
+            return Some(Decision {
+                effect: Effect::Allow,
+                rule: "buckets.governance_admin",
+                reason: Cow::Owned(format!(
+                    "{} is a governance admin of bucket {}",
+                    principal.id, config.name
+                )),
+                exception: None,
+                would_deny: None,
+            });
+        }
+        return Some(deny(
+            "buckets.public_grant",
+            format!(
+                "{} decides who may reach bucket {} outside the gateway; only its governance_admins may change it",
+                req.action.name, config.name
+            ),
+        ));
+    }
+    if req.action.name == "PostObject" && config.class == BucketClass::ProdOutput {
+        return Some(deny(
+            "buckets.public_grant",
+            format!(
+                "PostObject to bucket {} carries its ACL in form fields the gateway does not read",
+                config.name
+            ),
+        ));
+    }
+    req.public_grant.map(|why| {
+        deny(
+            "buckets.public_grant",
+            format!(
+                "{} on bucket {} was refused: {why}",
+                req.action.name, config.name
+            ),
+        )
+    })
 }
 
 /// `DeleteObjects` on a raw bucket, decided per key: each key its body names is a

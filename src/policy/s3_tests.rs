@@ -28,6 +28,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec!["prod-analytics".into()],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
         BucketConfig {
             name: "buk-raw".into(),
@@ -35,6 +36,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec![],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
         BucketConfig {
             name: "buk-prod-out".into(),
@@ -42,6 +44,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec![],
             retention_days: 90,
             readers: vec!["sp-edp-sync".into()],
+            governance_admins: vec!["sp-platform-admin".into()],
         },
     ]
 }
@@ -74,6 +77,7 @@ fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketReque
         list_prefix: None,
         object_lock: false,
         delete_keys: None,
+        public_grant: None,
     }
 }
 
@@ -199,7 +203,7 @@ fn the_bucket_table() {
             &lab_sp,
             lab,
             req(&PUT_POLICY, S3Access::ChangeBucket, "buk-aiml-lab"),
-            (D, "buckets.lab_governance"),
+            (D, "buckets.public_grant"),
         ),
         (
             &lab_sp,
@@ -369,4 +373,74 @@ fn nothing_locks_objects_in_a_lab_bucket() {
             action.name
         );
     }
+}
+
+/// Issue 15.4: nothing makes data reachable by anyone but the bucket owner, outside the
+/// gateway, in any bucket class; who may reach a bucket changes only by its governance_admins.
+#[test]
+fn no_public_or_foreign_grants() {
+    let lab = sp("sp-aiml-lab");
+    let prod = sp("sp-aiml-prod");
+    let ws = Some("prod-analytics");
+    let put_acl = Action::new("PutObjectAcl", Category::Upload);
+    let create_upload = Action::new("CreateMultipartUpload", Category::Upload);
+    let grant = Some("a grant");
+    for action in [&PUT, &COPY, &create_upload, &put_acl] {
+        let mut r = req(action, S3Access::WriteData, "buk-aiml-lab");
+        assert_eq!(rule(&lab, ws, &r).0, Effect::Allow, "{}", action.name);
+        r.public_grant = grant;
+        assert_eq!(
+            rule(&lab, ws, &r),
+            (Effect::Deny, "buckets.public_grant"),
+            "{}",
+            action.name
+        );
+        let mut r = req(action, S3Access::WriteData, "buk-prod-out");
+        assert_eq!(rule(&prod, Some("prod"), &r).0, Effect::Allow);
+        r.public_grant = grant;
+        assert_eq!(
+            rule(&prod, Some("prod"), &r),
+            (Effect::Deny, "buckets.public_grant")
+        );
+    }
+    let admin = sp("sp-platform-admin");
+    for name in [
+        "PutBucketAcl",
+        "PutBucketPolicy",
+        "DeleteBucketPolicy",
+        "PutPublicAccessBlock",
+        "DeletePublicAccessBlock",
+        "PutBucketOwnershipControls",
+        "DeleteBucketOwnershipControls",
+    ] {
+        let action = Action::new(name, Category::Config);
+        for bucket in ["buk-aiml-lab", "buk-raw", "buk-prod-out"] {
+            let mut r = req(&action, S3Access::ChangeBucket, bucket);
+            r.key = None;
+            assert_eq!(
+                rule(&lab, ws, &r),
+                (Effect::Deny, "buckets.public_grant"),
+                "{name} on {bucket}"
+            );
+            assert_eq!(
+                rule(&prod, Some("prod"), &r),
+                (Effect::Deny, "buckets.public_grant"),
+                "{name} on {bucket}"
+            );
+            // Only where the bucket names the admin.
+            let want = if bucket == "buk-prod-out" {
+                (Effect::Allow, "buckets.governance_admin")
+            } else {
+                (Effect::Deny, "buckets.public_grant")
+            };
+            assert_eq!(rule(&admin, None, &r), want, "{name} on {bucket}");
+        }
+    }
+    // A prod-output PostObject carries its ACL in a form the gateway does not read.
+    let post = Action::new("PostObject", Category::Upload);
+    let r = req(&post, S3Access::WriteData, "buk-prod-out");
+    assert_eq!(
+        rule(&prod, Some("prod"), &r),
+        (Effect::Deny, "buckets.public_grant")
+    );
 }

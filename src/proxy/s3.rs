@@ -162,6 +162,15 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     // ---- the few bodies the bucket rules read ----
     let (parts, incoming) = req.into_parts();
     let workspace = caller.workspace.as_deref();
+    let mut class = class;
+    // An ACL body the headers do not announce (h2 need not send Content-Length).
+    if class.public_grant.is_none()
+        && matches!(class.action.name, "PutObjectAcl" | "PutBucketAcl")
+        && !http_body::Body::is_end_stream(&incoming)
+    {
+        class.public_grant =
+            Some("it sets an access control list from its body; set x-amz-acl: private instead");
+    }
     if !matches!(
         class.action.name,
         "PutBucketLifecycleConfiguration" | "PutBucketVersioning" | "DeleteObjects"
@@ -266,6 +275,7 @@ async fn decide_and_forward(
         list_prefix: list_prefix.as_deref(),
         object_lock: class.object_lock,
         delete_keys,
+        public_grant: class.public_grant,
     };
     let Some(principal) = x.principal.clone() else {
         return x
