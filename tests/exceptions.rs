@@ -1056,11 +1056,13 @@ async fn delete_objects_is_decided_per_key_and_prefix_parameters_cover_only_list
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].body_len, sent_body.len());
     assert_eq!(seen[1].headers["content-md5"], "AAAAAAAAAAAAAAAAAAAAAA==");
-    let decision = h
-        .trail()
-        .into_iter()
-        .rfind(|r| r["phase"] == "decision")
-        .unwrap();
+    let last_decision = || {
+        h.trail()
+            .into_iter()
+            .rfind(|r| r["phase"] == "decision")
+            .unwrap()
+    };
+    let decision = last_decision();
     assert_eq!(decision["action"]["name"], "DeleteObjects");
     assert_eq!(decision["decision"]["exception"], "EXC-LANDINGWRITE");
     assert_eq!(
@@ -1073,11 +1075,7 @@ async fn delete_objects_is_decided_per_key_and_prefix_parameters_cover_only_list
         answer.starts_with("HTTP/1.1 403") && answer.contains("pii/customers.csv"),
         "{answer}"
     );
-    let decision = h
-        .trail()
-        .into_iter()
-        .rfind(|r| r["phase"] == "decision")
-        .unwrap();
+    let decision = last_decision();
     assert_eq!(decision["decision"]["effect"], "deny");
     assert_eq!(
         decision["asset"]["keys"],

@@ -404,15 +404,8 @@ fn no_public_or_foreign_grants() {
         );
     }
     let admin = sp("sp-platform-admin");
-    for name in [
-        "PutBucketAcl",
-        "PutBucketPolicy",
-        "DeleteBucketPolicy",
-        "PutPublicAccessBlock",
-        "DeletePublicAccessBlock",
-        "PutBucketOwnershipControls",
-        "DeleteBucketOwnershipControls",
-    ] {
+    assert!(super::WHO_MAY_REACH.contains(&"PutBucketOwnershipControls"));
+    for name in super::WHO_MAY_REACH {
         let action = Action::new(name, Category::Config);
         for bucket in ["buk-aiml-lab", "buk-raw", "buk-prod-out"] {
             let mut r = req(&action, S3Access::ChangeBucket, bucket);
