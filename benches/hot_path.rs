@@ -125,6 +125,7 @@ fn s3_classify_and_decide(c: &mut Criterion) {
             workspaces: vec!["prod-analytics".into()],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
         BucketConfig {
             name: "buk-raw-landing".into(),
@@ -132,6 +133,7 @@ fn s3_classify_and_decide(c: &mut Criterion) {
             workspaces: vec![],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
     ];
     let rules = Rules {
@@ -178,6 +180,8 @@ fn s3_classify_and_decide(c: &mut Criterion) {
                     config_body: None,
                     list_prefix: None,
                     object_lock: class.object_lock,
+                    delete_keys: None,
+                    public_grant: class.public_grant,
                 };
                 let d = decide_s3(
                     &rules,

@@ -256,6 +256,9 @@ pub struct BucketConfig {
     pub workspaces: Vec<String>,
     pub retention_days: u32,
     pub readers: Vec<String>,
+    /// Principal ids that may change who can reach the bucket (its ACL, policy, public access
+    /// block, ownership controls); none by default.
+    pub governance_admins: Vec<String>,
 }
 
 /// A validated configuration. Immutable: reload builds a new one and swaps it.
@@ -473,6 +476,8 @@ pub struct RawBucket {
     pub retention_days: Option<u32>,
     #[serde(default)]
     pub readers: Vec<String>,
+    #[serde(default)]
+    pub governance_admins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1383,6 +1388,23 @@ fn check_buckets(
         if retention_days == 0 {
             errors.push(key("retention_days"), "must be greater than 0");
         }
+        let mut admins = HashSet::new();
+        for admin in &b.governance_admins {
+            let plain = !admin.is_empty()
+                && !admin.starts_with("group:")
+                && admin.chars().all(|c| !c.is_whitespace() && !c.is_control());
+            if !plain {
+                errors.push(
+                    key("governance_admins"),
+                    format!("{admin:?} is not a principal id (one principal, not a group)"),
+                );
+            } else if !admins.insert(admin.as_str()) {
+                errors.push(
+                    key("governance_admins"),
+                    format!("{admin:?} is named twice"),
+                );
+            }
+        }
         if let Some(class) = class {
             out.push(BucketConfig {
                 name: b.name.clone(),
@@ -1390,6 +1412,7 @@ fn check_buckets(
                 workspaces: b.workspaces.clone(),
                 retention_days,
                 readers: b.readers.clone(),
+                governance_admins: b.governance_admins.clone(),
             });
         }
     }

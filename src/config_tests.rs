@@ -314,3 +314,36 @@ fn the_console_must_sign_people_in_where_the_gateways_tokens_come_from() {
     let keys: Vec<String> = c.unwrap_err().0.into_iter().map(|e| e.key).collect();
     assert_eq!(keys, ["console.redirect_url"]);
 }
+
+#[test]
+fn governance_admins_are_principal_ids() {
+    let jwks = jwks_file();
+    let bucket = |admins: &str| {
+        base(&jwks.path().display().to_string())
+            + &format!(
+                "\n[[bucket]]\nname = \"buk-raw\"\nclass = \"raw\"\ngovernance_admins = {admins}\n"
+            )
+    };
+    let c = Config::parse(&bucket("[\"sp-platform-acl\"]")).unwrap();
+    assert_eq!(c.buckets[0].governance_admins, vec!["sp-platform-acl"]);
+    let c = Config::parse(
+        &(base(&jwks.path().display().to_string())
+            + "\n[[bucket]]\nname = \"buk-raw\"\nclass = \"raw\"\n"),
+    )
+    .unwrap();
+    assert!(c.buckets[0].governance_admins.is_empty(), "none by default");
+    for bad in [
+        "[\"\"]",
+        "[\"group:admins\"]",
+        "[\"a b\"]",
+        "[\"x\", \"x\"]",
+    ] {
+        let errors = Config::parse(&bucket(bad)).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == "bucket[0].governance_admins"),
+            "{bad}: {errors:?}"
+        );
+    }
+}

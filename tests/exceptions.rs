@@ -992,3 +992,104 @@ async fn the_cli_drives_the_workflow_and_gateways_sharing_a_store_agree_within_a
         .iter()
         .any(|r| r["phase"] == "exception" && r["event"] == "approve"));
 }
+
+/// Issue 15.2: a raw-bucket exception for `landing/` (list and write). A `prefix` parameter
+/// counts only on listings, so bucket sub-resources carrying one are not covered; a
+/// `DeleteObjects` is decided on the keys of its body, every one of which must be covered,
+/// and the trail names them all.
+#[tokio::test]
+async fn delete_objects_is_decided_per_key_and_prefix_parameters_cover_only_listings() {
+    use gatehouse::exceptions::model::Op;
+    let scope = Scope::RawBucket {
+        bucket: "buk-raw-landing".into(),
+        prefix: "landing/".into(),
+        ops: vec![Op::List, Op::Write],
+    };
+    let (dir, _) = store_holding(&[stored(
+        "EXC-LANDINGWRITE",
+        "sp-aiml-lab",
+        scope,
+        Status::Approved,
+    )])
+    .await;
+    let h = s3_harness_with(&exceptions_toml(&dir.display().to_string())).await;
+    let get = |target: &str| request(&h, "GET", target, LAB_KEY, "", "");
+    assert!(
+        send(&h, get("/buk-raw-landing?list-type=2&prefix=landing/"))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    for target in [
+        "/buk-raw-landing?acl&prefix=landing/",
+        "/buk-raw-landing?location&prefix=landing/",
+        "/buk-raw-landing?policy&prefix=landing/",
+    ] {
+        let answer = send(&h, get(target)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403") && answer.contains("buckets.raw_blocked"),
+            "{target}: {answer}"
+        );
+    }
+    assert_eq!(h.standin.seen().len(), 1);
+
+    let delete = |keys: &[&str]| {
+        let objects: String = keys
+            .iter()
+            .map(|k| format!("<Object><Key>{k}</Key></Object>"))
+            .collect();
+        let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{objects}<Quiet>true</Quiet></Delete>");
+        request(
+            &h,
+            "POST",
+            "/buk-raw-landing?delete&prefix=landing/",
+            LAB_KEY,
+            "Content-MD5: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            &body,
+        )
+    };
+    // All under the prefix: forwarded byte for byte, every key recorded.
+    let raw = delete(&["landing/a.csv", "landing/b &amp; c.csv"]);
+    let sent_body = raw.split("\r\n\r\n").nth(1).unwrap().to_owned();
+    let answer = send(&h, raw).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = h.standin.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body_len, sent_body.len());
+    assert_eq!(seen[1].headers["content-md5"], "AAAAAAAAAAAAAAAAAAAAAA==");
+    let last_decision = || {
+        h.trail()
+            .into_iter()
+            .rfind(|r| r["phase"] == "decision")
+            .unwrap()
+    };
+    let decision = last_decision();
+    assert_eq!(decision["action"]["name"], "DeleteObjects");
+    assert_eq!(decision["decision"]["exception"], "EXC-LANDINGWRITE");
+    assert_eq!(
+        decision["asset"]["keys"],
+        json!(["landing/a.csv", "landing/b & c.csv"])
+    );
+    // One key outside the prefix: the whole request is refused, and recorded with its keys.
+    let answer = send(&h, delete(&["landing/a.csv", "pii/customers.csv"])).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 403") && answer.contains("pii/customers.csv"),
+        "{answer}"
+    );
+    let decision = last_decision();
+    assert_eq!(decision["decision"]["effect"], "deny");
+    assert_eq!(
+        decision["asset"]["keys"],
+        json!(["landing/a.csv", "pii/customers.csv"])
+    );
+    // A body S3 could read otherwise: refused unread.
+    let answer = send(&h, delete(&["landing/../pii<!---->/customers.csv"])).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("request.malformed"),
+        "{answer}"
+    );
+    assert_eq!(
+        h.standin.seen().len(),
+        2,
+        "nothing refused reached the bucket"
+    );
+}

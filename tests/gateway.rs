@@ -43,6 +43,12 @@ async fn allowed_requests_reach_the_upstream_with_forwarding_headers() {
             .unwrap()
             .starts_with(ANALYTICS_HOST));
         assert_eq!(last.headers["x-request-id"].to_str().unwrap(), rid);
+        // Host is pinned to the workspace's upstream, whatever the client's protocol.
+        assert_eq!(
+            last.headers["host"].to_str().unwrap(),
+            h.standin.url().trim_start_matches("http://"),
+            "h2={h2}"
+        );
         // The workspace authenticates the same OAuth token.
         assert_eq!(
             last.headers["authorization"].to_str().unwrap(),
@@ -1039,12 +1045,22 @@ async fn a_plaintext_listener_serves_the_same_pipeline() {
     let t = h.service();
     let ok = send(format!("GET /api/2.1/clusters/list HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    // Absolute-form without a Host line: routed on its authority, Host pinned upstream.
+    let absolute = send(format!("GET http://{ANALYTICS_HOST}/api/2.1/clusters/list HTTP/1.1\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")).await;
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
     let denied = send(format!("GET /api/2.0/dbfs/read?path=/x HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n")).await;
     assert!(denied.starts_with("HTTP/1.1 403"));
     let conflict = send(format!("POST /api/2.0/dbfs/mkdirs HTTP/1.1\r\nHost: {ANALYTICS_HOST}\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nContent-Length: 7\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n")).await;
     assert!(conflict.starts_with("HTTP/1.1 400"), "{conflict}");
     let seen: Vec<String> = h.standin.seen().iter().map(|s| s.path.clone()).collect();
-    assert_eq!(seen, vec!["/api/2.1/clusters/list"]);
+    assert_eq!(seen, vec!["/api/2.1/clusters/list"; 2]);
+    let upstream = h.standin.url();
+    for s in h.standin.seen() {
+        assert_eq!(
+            s.headers["host"].to_str().unwrap(),
+            upstream.trim_start_matches("http://")
+        );
+    }
     let decision = &h
         .trail()
         .into_iter()

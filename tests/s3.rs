@@ -135,6 +135,17 @@ async fn bucket_rules_deny_in_s3_shape_and_nothing_reaches_the_upstream() {
         ),
         (
             request(&h, "PUT", "/buk-aiml-lab?policy", LAB_KEY, "", "{}"),
+            "buckets.public_grant",
+        ),
+        (
+            request(
+                &h,
+                "PUT",
+                "/buk-aiml-lab?cors",
+                LAB_KEY,
+                "",
+                "<CORSConfiguration/>",
+            ),
             "buckets.lab_governance",
         ),
         (
@@ -547,4 +558,241 @@ async fn the_lab_retention_holds_against_partial_lifecycles_hostile_xml_and_obje
     let seen = h.standin.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body_len, body.len());
+}
+
+/// Sends one request over h2 with prior knowledge (plain TCP): only `:authority`, no Host
+/// header. Returns the status and body.
+async fn send_h2(h: &common::Harness, method: &str, uri: &str, key: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", sigv4(key))
+        .header("x-amz-date", "20261127T090000Z")
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert!(req.headers().get("host").is_none());
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Issue 15.1: a request that names its authority only as h2's `:authority` or an HTTP/1.1
+/// absolute-form target was decided on that authority but forwarded without Host, so the
+/// HTTP client filled in the upstream's own and S3 read a virtual-hosted request path-style:
+/// decided "lab bucket, key buk-raw-landing/…", executed on the raw bucket. The upstream must
+/// see exactly the authority the gateway decided on.
+#[tokio::test]
+async fn the_upstream_sees_the_host_the_request_was_decided_on() {
+    let h = s3_harness().await;
+    let port = h.port;
+    let lab = format!("buk-aiml-lab.s3.test:{port}");
+    let path_style = format!("localhost:{port}");
+    let raw_ap = "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
+
+    // The exploit, over h2: the lab bucket's virtual-hosted name with the raw bucket in the
+    // path. Decided as the lab bucket; the upstream must also read it as the lab bucket.
+    let exploit = format!("http://{lab}/buk-raw-landing/2026/customers.csv");
+    let (status, body) = send_h2(&h, "GET", &exploit, LAB_KEY).await;
+    assert_eq!(status, 200, "{body}");
+    // Path-style over h2, and absolute-form without Host over HTTP/1.1, in each host form.
+    let (status, body) = send_h2(
+        &h,
+        "GET",
+        &format!("http://{path_style}/buk-aiml-lab/a.csv"),
+        LAB_KEY,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (authority, path) in [
+        (lab.as_str(), "/buk-raw-landing/2026/customers.csv"),
+        (path_style.as_str(), "/buk-aiml-lab/b.csv"),
+    ] {
+        let raw = format!(
+            "GET http://{authority}{path} HTTP/1.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+            sigv4(LAB_KEY)
+        );
+        let answer = send(&h, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let seen: Vec<(String, String)> = h
+        .standin
+        .seen()
+        .iter()
+        .map(|s| {
+            (
+                s.headers["host"].to_str().unwrap().to_owned(),
+                s.path.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (lab.clone(), "/buk-raw-landing/2026/customers.csv".into()),
+            (path_style.clone(), "/buk-aiml-lab/a.csv".into()),
+            (lab.clone(), "/buk-raw-landing/2026/customers.csv".into()),
+            (path_style.clone(), "/buk-aiml-lab/b.csv".into()),
+        ],
+        "the upstream reads every request under the authority it was decided on"
+    );
+    let decisions: Vec<_> = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 4);
+    for d in &decisions {
+        assert_eq!(d["asset"]["bucket"], "buk-aiml-lab", "{d}");
+        assert_eq!(d["decision"]["effect"], "allow", "{d}");
+    }
+    assert_eq!(
+        decisions[0]["asset"]["key"],
+        "buk-raw-landing/2026/customers.csv"
+    );
+    assert_eq!(decisions[0]["request"]["host"], lab.as_str());
+
+    // The access-point form, over h2 and absolute-form: decided on the raw bucket (denied
+    // for the lab key, never forwarded) — and with a write exception-free prod key too.
+    let (status, body) = send_h2(
+        &h,
+        "GET",
+        &format!("http://{raw_ap}/2026/customers.csv"),
+        LAB_KEY,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("buckets.raw_blocked"), "{body}");
+    let raw = format!(
+        "GET http://{raw_ap}/2026/customers.csv HTTP/1.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        sigv4(LAB_KEY)
+    );
+    let answer = send(&h, raw).await;
+    assert!(answer.contains("buckets.raw_blocked"), "{answer}");
+    assert_eq!(
+        h.standin.seen().len(),
+        4,
+        "nothing more reached the upstream"
+    );
+
+    // Neither Host nor an absolute-form authority: refused before anything is decided.
+    let raw = format!(
+        "GET /buk-aiml-lab/a.csv HTTP/1.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        sigv4(LAB_KEY)
+    );
+    let answer = send(&h, raw).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("request.malformed"), "{answer}");
+    // A Host that names another host than the absolute-form target: refused, as before.
+    let raw = format!(
+        "GET http://{lab}/a.csv HTTP/1.1\r\nHost: buk-raw-landing.s3.test:{port}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        sigv4(LAB_KEY)
+    );
+    let answer = send(&h, raw).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(h.standin.seen().len(), 4);
+}
+
+/// Issue 15.4: a public or foreign grant would make lab objects readable by anyone straight
+/// from S3. Refused in S3's shape, recorded, never forwarded; an owner-only ACL passes.
+#[tokio::test]
+async fn public_and_foreign_grants_never_reach_the_upstream() {
+    let h = s3_harness().await;
+    let all_users = "x-amz-grant-read: uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"\r\n";
+    let acl_body = "<AccessControlPolicy><Owner><ID>o</ID></Owner><AccessControlList><Grant><Grantee xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:type=\"Group\"><URI>http://acs.amazonaws.com/groups/global/AllUsers</URI></Grantee><Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>";
+    for raw in [
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "x",
+        ),
+        request(&h, "PUT", "/buk-aiml-lab/a.csv", LAB_KEY, all_users, "x"),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/b.csv",
+            LAB_KEY,
+            "x-amz-copy-source: /buk-aiml-lab/a.csv\r\nx-amz-acl: public-read-write\r\n",
+            "",
+        ),
+        request(
+            &h,
+            "POST",
+            "/buk-aiml-lab/c.csv?uploads",
+            LAB_KEY,
+            all_users,
+            "",
+        ),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv?acl",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "",
+        ),
+        request(&h, "PUT", "/buk-aiml-lab/a.csv?acl", LAB_KEY, "", acl_body),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab?acl",
+            LAB_KEY,
+            "x-amz-acl: public-read\r\n",
+            "",
+        ),
+        request(
+            &h,
+            "DELETE",
+            "/buk-aiml-lab?publicAccessBlock",
+            LAB_KEY,
+            "",
+            "",
+        ),
+        request(
+            &h,
+            "PUT",
+            "/buk-aiml-prod-output/s.json",
+            PROD_KEY,
+            all_users,
+            "x",
+        ),
+    ] {
+        assert_denied(&h, &raw, "buckets.public_grant").await;
+    }
+    assert_nothing_upstream(&h);
+    let denials = h
+        .trail()
+        .into_iter()
+        .filter(|r| r["phase"] == "decision" && r["decision"]["rule"] == "buckets.public_grant")
+        .count();
+    assert_eq!(denials, 9);
+    // Owner-only ACLs pass.
+    for acl in ["private", "bucket-owner-full-control"] {
+        let raw = request(
+            &h,
+            "PUT",
+            "/buk-aiml-lab/a.csv",
+            LAB_KEY,
+            &format!("x-amz-acl: {acl}\r\n"),
+            "x",
+        );
+        let answer = send(&h, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{acl}: {answer}");
+    }
+    assert_eq!(h.standin.seen().len(), 2);
 }

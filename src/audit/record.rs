@@ -165,6 +165,10 @@ pub struct S3AssetInfo<'a> {
     pub key: Option<&'a str>,
     /// `bucket/key` of a copy's source.
     pub copy_source: Option<&'a str>,
+    /// Every key a `DeleteObjects` names, in its body's order (at most 1,000: S3's limit, and
+    /// a body naming more is refused unread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<&'a [String]>,
 }
 
 /// Which credential an S3 request presented (never the signature or the secret).

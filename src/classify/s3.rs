@@ -89,6 +89,45 @@ pub struct S3Classification {
     /// `-retain-until-date`, `-legal-hold`, `x-amz-bucket-object-lock-enabled`, …): whatever
     /// the operation, it may lock what it writes against deletion.
     pub object_lock: bool,
+    /// Why the request's headers may grant access beyond the bucket owner, if they may: a
+    /// canned ACL other than `private` / `bucket-owner-full-control`, any `x-amz-grant-*`,
+    /// or an ACL in the body of `PutObjectAcl` / `PutBucketAcl`.
+    pub public_grant: Option<&'static str>,
+}
+
+/// The canned ACLs that grant nobody but the bucket owner (and the writer, its own object).
+const OWNER_ONLY_ACLS: [&[u8]; 2] = [b"private", b"bucket-owner-full-control"];
+
+/// Whether a request could make what it names reachable by someone other than the bucket
+/// owner, straight from S3 and outside the gateway. The gateway cannot tell a grantee that
+/// is the bucket owner from any other (it does not know canonical ids), and the owner holds
+/// full control already, so every explicit grant is taken as foreign.
+pub fn public_grant(action: &Action, headers: &HeaderMap) -> Option<&'static str> {
+    let mut canned = headers.get_all("x-amz-acl").iter();
+    match (canned.next(), canned.next()) {
+        (Some(_), Some(_)) => return Some("the request has several x-amz-acl headers"),
+        (Some(v), None) if !OWNER_ONLY_ACLS.contains(&v.as_bytes()) => {
+            return Some("its canned ACL (x-amz-acl) grants access beyond the bucket owner; only private and bucket-owner-full-control are accepted")
+        }
+        _ => {}
+    }
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with("x-amz-grant-"))
+    {
+        return Some("it grants access to named grantees (x-amz-grant-*); objects and buckets are reachable by the bucket owner only");
+    }
+    let acl_body = matches!(action.name, "PutObjectAcl" | "PutBucketAcl")
+        && (headers.contains_key(http::header::TRANSFER_ENCODING)
+            || headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
+    if acl_body {
+        return Some(
+            "it sets an access control list from its body; set x-amz-acl: private instead",
+        );
+    }
+    None
 }
 
 /// How a request carries its access key id.
@@ -710,6 +749,7 @@ pub fn classify(
             let name = name.as_str();
             name.starts_with("x-amz-object-lock") || name.starts_with("x-amz-bucket-object-lock")
         }),
+        public_grant: public_grant(&op.action, headers),
     })
 }
 

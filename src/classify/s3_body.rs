@@ -1,6 +1,6 @@
-//! Bounded inspection of the S3 bucket-configuration bodies the bucket rules depend on: the
-//! lifecycle (every object of a lab bucket must expire within its retention) and versioning
-//! (it may not be suspended). Pure: bytes in, verdict out.
+//! Bounded inspection of the S3 bodies the bucket rules depend on: the lifecycle (every
+//! object of a lab bucket must expire within its retention), versioning (it may not be
+//! suspended) and the keys a `DeleteObjects` names. Pure: bytes in, verdict out.
 //!
 //! The gateway and S3 must read a body the same way, or a configuration the gateway passes
 //! could mean something else to S3. So the reader accepts only the plain XML the SDKs and
@@ -114,6 +114,24 @@ const VERSIONING: Schema = &[(
     &[("Status", false), ("MfaDelete", false)],
 )];
 
+/// `DeleteObjects` (`Delete`, S3 API reference): at most 1,000 objects.
+const DELETE: Schema = &[
+    ("Delete", &[("Object", true), ("Quiet", false)]),
+    (
+        "Object",
+        &[
+            ("Key", false),
+            ("VersionId", false),
+            ("ETag", false),
+            ("LastModifiedTime", false),
+            ("Size", false),
+        ],
+    ),
+];
+
+/// S3 refuses a `DeleteObjects` naming more objects than this.
+pub const MAX_DELETE_KEYS: usize = 1000;
+
 /// One element of a configuration document: its local name, and its text or its children.
 #[derive(Debug, Default)]
 struct Element {
@@ -135,6 +153,17 @@ impl Element {
 /// Reads `body` as a document of `schema` whose root is `root`; `Err` with the reason when it
 /// is anything but plain XML of that shape.
 fn parse(body: &[u8], schema: Schema, root: &'static str) -> Result<Element, &'static str> {
+    parse_with(body, schema, root, false)
+}
+
+/// `parse`, and with `references` the five predefined entities and character references are
+/// read in text (keys are text the SDKs escape: `a&amp;b` is the key `a&b`, as S3 reads it).
+fn parse_with(
+    body: &[u8],
+    schema: Schema,
+    root: &'static str,
+    references: bool,
+) -> Result<Element, &'static str> {
     let mut reader = Reader::from_reader(body);
     let mut open: Vec<Element> = Vec::new();
     let mut done: Option<Element> = None;
@@ -153,11 +182,42 @@ fn parse(body: &[u8], schema: Schema, root: &'static str) -> Result<Element, &'s
             }
             Ok(Event::Text(t)) => {
                 let text = t.decode().map_err(|_| "the XML text is not UTF-8")?;
+                // An XML parser turns a raw CR (CRLF) into LF; S3's might or might not here,
+                // so a key must send it as a reference.
+                if text.contains('\r') {
+                    return Err("the XML's text has a raw carriage return");
+                }
+                // Not XML 1.0 characters: a parser may refuse or drop them.
+                if text.chars().any(|c| c.is_control() && c != '\t' && c != '\n') {
+                    return Err("the XML's text has a control character");
+                }
                 match open.last_mut() {
                     // Kept whole, spaces included: `<Prefix> </Prefix>` is not an empty prefix.
                     Some(e) if !is_parent(schema, e.name) => e.text.push_str(&text),
                     // Indentation between elements.
                     _ if text.trim().is_empty() => {}
+                    _ => return Err("the XML has text outside the elements that hold text"),
+                }
+                continue;
+            }
+            Ok(Event::GeneralRef(r)) if references => {
+                let c = match r.resolve_char_ref() {
+                    Ok(Some(c)) => c,
+                    Ok(None) => match &*r {
+                        b"amp" => '&',
+                        b"lt" => '<',
+                        b"gt" => '>',
+                        b"quot" => '"',
+                        b"apos" => '\'',
+                        _ => return Err("the XML refers to an entity S3 does not define"),
+                    },
+                    Err(_) => return Err("the XML has an invalid character reference"),
+                };
+                if c.is_control() {
+                    return Err("the XML's text has a control character");
+                }
+                match open.last_mut() {
+                    Some(e) if !is_parent(schema, e.name) => e.text.push(c),
                     _ => return Err("the XML has text outside the elements that hold text"),
                 }
                 continue;
@@ -369,6 +429,31 @@ pub fn versioning_keeps(body: &[u8]) -> ConfigVerdict {
         Some("Suspended") => ConfigVerdict::Weakens("versioning may not be suspended"),
         _ => ConfigVerdict::Malformed("the versioning status is missing or unknown"),
     }
+}
+
+/// The keys a `DeleteObjects` body names, in order, read as S3 reads them: the same strict
+/// XML as the configurations (no DTD, CDATA, comments, processing instructions, unknown or
+/// repeated elements, prefixes or attributes but the S3 namespace on the root), with the
+/// predefined entities and character references resolved in text. Every `Object` has exactly
+/// one non-empty `Key`; between 1 and 1,000 objects. `Err`: the body cannot be read with
+/// confidence, and the request must be refused.
+pub fn delete_keys(body: &[u8]) -> Result<Vec<String>, &'static str> {
+    let root = parse_with(body, DELETE, "Delete", true)?;
+    let mut keys = Vec::new();
+    for object in root.children.iter().filter(|c| c.name == "Object") {
+        let key = object.child("Key").ok_or("a deleted object names no key")?;
+        if key.text.is_empty() {
+            return Err("a deleted object's key is empty");
+        }
+        keys.push(key.text.clone());
+        if keys.len() > MAX_DELETE_KEYS {
+            return Err("the request deletes more than 1000 objects");
+        }
+    }
+    if keys.is_empty() {
+        return Err("the request deletes no object");
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

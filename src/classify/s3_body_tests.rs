@@ -334,3 +334,87 @@ fn versioning_may_not_be_suspended_nor_read_two_ways() {
         assert_eq!(kind(got), want, "{name}: {got:?}");
     }
 }
+
+fn delete(objects: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">{objects}</Delete>")
+}
+
+#[test]
+fn delete_objects_keys_are_read_as_s3_reads_them() {
+    let ok = |body: &str| delete_keys(body.as_bytes());
+    assert_eq!(
+        ok(&delete(
+            "<Object><Key>landing/a.csv</Key></Object>\n  <Object><Key>landing/b &amp; c.csv</Key><VersionId>3</VersionId></Object><Quiet>true</Quiet>"
+        )),
+        Ok(vec!["landing/a.csv".to_owned(), "landing/b & c.csv".to_owned()])
+    );
+    // Character references are resolved; spaces are part of a key.
+    assert_eq!(
+        ok(&delete(
+            "<Object><Key> landing/&#x41;&#66;&lt;</Key></Object>"
+        )),
+        Ok(vec![" landing/AB<".to_owned()])
+    );
+    let thousand = "<Object><Key>landing/k</Key></Object>".repeat(1000);
+    assert_eq!(ok(&delete(&thousand)).map(|k| k.len()), Ok(1000));
+}
+
+#[test]
+fn hostile_delete_bodies_are_refused() {
+    for (name, body) in [
+        (
+            "a comment splitting a key (S3 joins: pii/customers.csv)",
+            delete("<Object><Key>landing/../pii<!---->/customers.csv</Key></Object>"),
+        ),
+        (
+            "CDATA",
+            delete("<Object><Key><![CDATA[pii/customers.csv]]></Key></Object>"),
+        ),
+        (
+            "a DTD with an entity",
+            "<!DOCTYPE Delete [<!ENTITY k \"pii/customers.csv\">]><Delete><Object><Key>&k;</Key></Object></Delete>".to_owned(),
+        ),
+        (
+            "an undefined entity",
+            delete("<Object><Key>&k;</Key></Object>"),
+        ),
+        (
+            "a processing instruction",
+            delete("<Object><Key>landing/<?x y?>a</Key></Object>"),
+        ),
+        (
+            "two keys in one object (first or last wins)",
+            delete("<Object><Key>landing/a</Key><Key>pii/customers.csv</Key></Object>"),
+        ),
+        (
+            "a key in an unknown element",
+            delete("<Object><Key>landing/a</Key></Object><Extra><Object><Key>pii/x</Key></Object></Extra>"),
+        ),
+        (
+            "a prefixed key (another namespace)",
+            delete("<Object><x:Key xmlns:x=\"urn:x\">pii/x</x:Key></Object>"),
+        ),
+        (
+            "a foreign namespace on the root",
+            "<Delete xmlns=\"urn:other\"><Object><Key>pii/x</Key></Object></Delete>".to_owned(),
+        ),
+        ("an attribute", delete("<Object id=\"1\"><Key>pii/x</Key></Object>")),
+        ("an object without a key", delete("<Object><VersionId>1</VersionId></Object>")),
+        ("an empty key", delete("<Object><Key></Key></Object>")),
+        ("no object", delete("")),
+        (
+            "more than 1000 objects",
+            delete(&"<Object><Key>landing/k</Key></Object>".repeat(1001)),
+        ),
+        ("a raw CR", delete("<Object><Key>landing/a\r\nb</Key></Object>")),
+        ("a control character", delete("<Object><Key>landing/&#x1;</Key></Object>")),
+        ("text beside objects", delete("pii/x<Object><Key>landing/a</Key></Object>")),
+        ("another root", "<Remove><Object><Key>x</Key></Object></Remove>".to_owned()),
+        ("two roots", format!("{}{}", delete("<Object><Key>a</Key></Object>"), delete("<Object><Key>b</Key></Object>"))),
+        ("unclosed", "<Delete><Object><Key>a</Key></Object>".to_owned()),
+        ("a raw NUL", "<Delete><Object><Key>\u{0}</Key></Object></Delete>".to_owned()),
+    ] {
+        assert!(delete_keys(body.as_bytes()).is_err(), "{name}");
+    }
+    assert!(delete_keys(b"<Delete><Object><Key>\xff</Key></Object></Delete>").is_err());
+}

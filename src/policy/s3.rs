@@ -39,6 +39,11 @@ pub struct BucketRequest<'a> {
     pub list_prefix: Option<&'a str>,
     /// The request carries Object Lock headers.
     pub object_lock: bool,
+    /// The keys a `DeleteObjects` body names, read strictly (`s3_body::delete_keys`); `None`
+    /// for other operations, or when the body was not read.
+    pub delete_keys: Option<&'a [String]>,
+    /// Why the request may grant access beyond the bucket owner (`s3::public_grant`).
+    pub public_grant: Option<&'static str>,
 }
 
 /// The configured buckets, by name.
@@ -113,6 +118,8 @@ fn decide_enforced(
             config_body: None,
             list_prefix: None,
             object_lock: false,
+            delete_keys: None,
+            public_grant: None,
         };
         let d = decide_bucket(
             principal,
@@ -148,11 +155,17 @@ fn decide_bucket(
             ),
         );
     };
+    if let Some(decided) = who_may_reach(config, principal, req) {
+        return decided;
+    }
     match config.class {
         BucketClass::Raw => {
             // What an exception is matched against: the object, or what a listing names. A
             // `prefix` parameter on any other bucket-level request (`DeleteObjects`, whose
             // keys are in its body) names nothing and must not make it look like one.
+            if req.action.name == "DeleteObjects" {
+                return raw_delete_objects(bucket, principal, workspace, req, exceptions);
+            }
             let listed = req.list_prefix.filter(|_| req.access == S3Access::List);
             let key = req.key.or(listed).unwrap_or("");
             let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
@@ -172,6 +185,116 @@ fn decide_bucket(
         }
         BucketClass::Lab => lab(config, workspace, req),
         BucketClass::ProdOutput => prod_output(config, principal, workspace, req),
+    }
+}
+
+/// The bucket-level settings that say who may reach a bucket's data straight from S3: its
+/// ACL, its policy, its public access block and its ownership controls (which re-enable or
+/// disable ACLs). Changed only by a principal the bucket's `governance_admins` names.
+const WHO_MAY_REACH: [&str; 7] = [
+    "PutBucketAcl",
+    "PutBucketPolicy",
+    "DeleteBucketPolicy",
+    "PutPublicAccessBlock",
+    "DeletePublicAccessBlock",
+    "PutBucketOwnershipControls",
+    "DeleteBucketOwnershipControls",
+];
+
+/// `buckets.public_grant`, for every bucket class: nothing may make data reachable by anyone
+/// but the bucket owner, outside the gateway. `Some` decides the request; `None` leaves it to
+/// the class's rules.
+fn who_may_reach(
+    config: &BucketConfig,
+    principal: &Principal,
+    req: &BucketRequest<'_>,
+) -> Option<Decision> {
+    if WHO_MAY_REACH.contains(&req.action.name) {
+        if config.governance_admins.contains(&principal.id) {
+            return Some(Decision {
+                effect: Effect::Allow,
+                rule: "buckets.governance_admin",
+                reason: Cow::Owned(format!(
+                    "{} is a governance admin of bucket {}",
+                    principal.id, config.name
+                )),
+                exception: None,
+                would_deny: None,
+            });
+        }
+        return Some(deny(
+            "buckets.public_grant",
+            format!(
+                "{} decides who may reach bucket {} outside the gateway; only its governance_admins may change it",
+                req.action.name, config.name
+            ),
+        ));
+    }
+    if req.action.name == "PostObject" && config.class == BucketClass::ProdOutput {
+        return Some(deny(
+            "buckets.public_grant",
+            format!(
+                "PostObject to bucket {} carries its ACL in form fields the gateway does not read",
+                config.name
+            ),
+        ));
+    }
+    req.public_grant.map(|why| {
+        deny(
+            "buckets.public_grant",
+            format!(
+                "{} on bucket {} was refused: {why}",
+                req.action.name, config.name
+            ),
+        )
+    })
+}
+
+/// `DeleteObjects` on a raw bucket, decided per key: each key its body names is a
+/// `DeleteObject` of that key, and every one must be covered by an exception, or the whole
+/// request is refused (S3 would otherwise delete the covered keys and the rest alike).
+fn raw_delete_objects(
+    bucket: &str,
+    principal: &Principal,
+    workspace: Option<&str>,
+    req: &BucketRequest<'_>,
+    exceptions: &dyn Exceptions,
+) -> Decision {
+    let closed = |why: String| {
+        deny(
+            "buckets.raw_blocked",
+            format!("raw bucket {bucket} is closed to everyone: {why}; ask a CDAO approver for a time-boxed exception"),
+        )
+    };
+    let keys = match req.delete_keys {
+        Some(keys) if !keys.is_empty() => keys,
+        _ => return closed("the keys of this DeleteObjects could not be read".into()),
+    };
+    let one = crate::classify::s3::DELETE_OBJECT.action;
+    let mut first = None;
+    for key in keys {
+        let asset = Asset::new(AssetKind::S3, format!("s3://{bucket}/{key}"));
+        match exceptions.covering(
+            super::ExceptionKind::RawBucket,
+            principal,
+            workspace.unwrap_or("-"),
+            &one,
+            Some(&asset),
+        ) {
+            Some(id) => {
+                first.get_or_insert(id);
+            }
+            None => {
+                return closed(format!(
+                    "no exception covers deleting {key} (one of the {} keys of this DeleteObjects), so none of them is deleted",
+                    keys.len()
+                ))
+            }
+        }
+    }
+    match first {
+        Some(id) => super::lifted("buckets.raw_blocked", id),
+        None => closed("the request names no key".into()),
     }
 }
 

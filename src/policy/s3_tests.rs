@@ -28,6 +28,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec!["prod-analytics".into()],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
         BucketConfig {
             name: "buk-raw".into(),
@@ -35,6 +36,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec![],
             retention_days: 90,
             readers: vec![],
+            governance_admins: vec![],
         },
         BucketConfig {
             name: "buk-prod-out".into(),
@@ -42,6 +44,7 @@ fn buckets() -> Vec<BucketConfig> {
             workspaces: vec![],
             retention_days: 90,
             readers: vec!["sp-edp-sync".into()],
+            governance_admins: vec!["sp-platform-admin".into()],
         },
     ]
 }
@@ -73,6 +76,8 @@ fn req<'a>(action: &'a Action, access: S3Access, bucket: &'a str) -> BucketReque
         config_body: None,
         list_prefix: None,
         object_lock: false,
+        delete_keys: None,
+        public_grant: None,
     }
 }
 
@@ -198,7 +203,7 @@ fn the_bucket_table() {
             &lab_sp,
             lab,
             req(&PUT_POLICY, S3Access::ChangeBucket, "buk-aiml-lab"),
-            (D, "buckets.lab_governance"),
+            (D, "buckets.public_grant"),
         ),
         (
             &lab_sp,
@@ -307,6 +312,30 @@ fn only_a_listing_is_matched_by_its_prefix_parameter() {
     batch.key = None;
     batch.list_prefix = Some("landing/");
     assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    // Decided per key from its body: all covered, or the whole request is refused.
+    let covered = ["landing/a.csv".to_owned(), "landing/b/c.csv".to_owned()];
+    batch.delete_keys = Some(&covered);
+    assert_eq!(decide_with(&batch), (Effect::Allow, Some("EXC-1".into())));
+    let one_outside = [
+        "landing/a.csv".to_owned(),
+        "pii/customers.csv".to_owned(),
+        "landing/b.csv".to_owned(),
+    ];
+    batch.delete_keys = Some(&one_outside);
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    let none: [String; 0] = [];
+    batch.delete_keys = Some(&none);
+    assert_eq!(decide_with(&batch), (Effect::Deny, None));
+    // Bucket-level sub-resources are never covered by a prefix, whatever the query says.
+    let acl = Action::new("GetBucketAcl", Category::Metadata);
+    let location = Action::new("GetBucketLocation", Category::Metadata);
+    let policy = Action::new("GetBucketPolicy", Category::Metadata);
+    for action in [&acl, &location, &policy] {
+        let mut r = req(action, S3Access::ReadMetadata, "buk-raw");
+        r.key = None;
+        r.list_prefix = Some("landing/");
+        assert_eq!(decide_with(&r), (Effect::Deny, None), "{}", action.name);
+    }
 }
 
 /// Object Lock would keep objects past the lab's retention, beyond the lifecycle's reach.
@@ -344,4 +373,67 @@ fn nothing_locks_objects_in_a_lab_bucket() {
             action.name
         );
     }
+}
+
+/// Issue 15.4: nothing makes data reachable by anyone but the bucket owner, outside the
+/// gateway, in any bucket class; who may reach a bucket changes only by its governance_admins.
+#[test]
+fn no_public_or_foreign_grants() {
+    let lab = sp("sp-aiml-lab");
+    let prod = sp("sp-aiml-prod");
+    let ws = Some("prod-analytics");
+    let put_acl = Action::new("PutObjectAcl", Category::Upload);
+    let create_upload = Action::new("CreateMultipartUpload", Category::Upload);
+    let grant = Some("a grant");
+    for action in [&PUT, &COPY, &create_upload, &put_acl] {
+        let mut r = req(action, S3Access::WriteData, "buk-aiml-lab");
+        assert_eq!(rule(&lab, ws, &r).0, Effect::Allow, "{}", action.name);
+        r.public_grant = grant;
+        assert_eq!(
+            rule(&lab, ws, &r),
+            (Effect::Deny, "buckets.public_grant"),
+            "{}",
+            action.name
+        );
+        let mut r = req(action, S3Access::WriteData, "buk-prod-out");
+        assert_eq!(rule(&prod, Some("prod"), &r).0, Effect::Allow);
+        r.public_grant = grant;
+        assert_eq!(
+            rule(&prod, Some("prod"), &r),
+            (Effect::Deny, "buckets.public_grant")
+        );
+    }
+    let admin = sp("sp-platform-admin");
+    assert!(super::WHO_MAY_REACH.contains(&"PutBucketOwnershipControls"));
+    for name in super::WHO_MAY_REACH {
+        let action = Action::new(name, Category::Config);
+        for bucket in ["buk-aiml-lab", "buk-raw", "buk-prod-out"] {
+            let mut r = req(&action, S3Access::ChangeBucket, bucket);
+            r.key = None;
+            assert_eq!(
+                rule(&lab, ws, &r),
+                (Effect::Deny, "buckets.public_grant"),
+                "{name} on {bucket}"
+            );
+            assert_eq!(
+                rule(&prod, Some("prod"), &r),
+                (Effect::Deny, "buckets.public_grant"),
+                "{name} on {bucket}"
+            );
+            // Only where the bucket names the admin.
+            let want = if bucket == "buk-prod-out" {
+                (Effect::Allow, "buckets.governance_admin")
+            } else {
+                (Effect::Deny, "buckets.public_grant")
+            };
+            assert_eq!(rule(&admin, None, &r), want, "{name} on {bucket}");
+        }
+    }
+    // A prod-output PostObject carries its ACL in a form the gateway does not read.
+    let post = Action::new("PostObject", Category::Upload);
+    let r = req(&post, S3Access::WriteData, "buk-prod-out");
+    assert_eq!(
+        rule(&prod, Some("prod"), &r),
+        (Effect::Deny, "buckets.public_grant")
+    );
 }

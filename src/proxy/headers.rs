@@ -109,43 +109,52 @@ pub fn strip_console_set_cookies(headers: &mut HeaderMap) {
 }
 
 /// Sets the forwarding headers from what the gateway itself saw; any values the client sent
-/// are dropped, since the gateway is the edge and cannot vouch for them.
+/// are dropped, since the gateway is the edge and cannot vouch for them. `Host` is pinned to
+/// `upstream_host`, never left to the HTTP client to fill in from the upstream URL: the
+/// upstream must read the request under the authority it was decided for. `client_host` (the
+/// authority the client named) goes in `X-Forwarded-Host`.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     proto: &'static str,
-    host: &str,
+    client_host: &str,
+    upstream_host: &str,
     request_id: &HeaderValue,
-) {
+) -> Result<(), http::header::InvalidHeaderValue> {
+    let pinned = HeaderValue::from_str(upstream_host)?;
     headers.remove(&FORWARDED);
     strip_console_cookies(headers);
     headers.insert(X_FORWARDED_FOR.clone(), client_ip.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(host) {
+    if let Ok(v) = HeaderValue::from_str(client_host) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    headers.remove(header::HOST);
+    headers.insert(header::HOST, pinned);
+    Ok(())
 }
 
-/// For S3: the same forwarding headers, but the client's `Host` stays — it is part of every
-/// SigV4 signature, and changing it breaks the request.
+/// For S3: the same forwarding headers, and `Host` is the authority the gateway decided on —
+/// the client's `Host`, or for a request without one (h2's `:authority`, an HTTP/1.1
+/// absolute-form target) that authority, byte for byte as the client signed it (SigV4 signs
+/// `host`, port included). Left out, the HTTP client would fill in the upstream's own
+/// authority and S3 would read a virtual-hosted request path-style: decided on one bucket,
+/// executed on another.
 pub fn set_forwarded_keep_host(
     headers: &mut HeaderMap,
     client_ip: &HeaderValue,
     proto: &'static str,
+    decided_host: &str,
     request_id: &HeaderValue,
-) {
-    let host = headers.get(header::HOST).cloned();
-    let host_text = host
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    set_forwarded(headers, client_ip, proto, &host_text, request_id);
-    if let Some(h) = host {
-        headers.insert(header::HOST, h);
-    }
+) -> Result<(), http::header::InvalidHeaderValue> {
+    set_forwarded(
+        headers,
+        client_ip,
+        proto,
+        decided_host,
+        decided_host,
+        request_id,
+    )
 }
 
 /// A client's `x-request-id` is kept when it is short and printable; otherwise we make one.
@@ -255,13 +264,32 @@ mod tests {
             &HeaderValue::from_static("10.0.0.1"),
             "https",
             "a.example",
+            "upstream.internal:8443",
             &rid,
-        );
+        )
+        .unwrap();
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        assert_eq!(h.get("host").unwrap(), "upstream.internal:8443");
         assert!(h.get("forwarded").is_none());
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "a.example");
         assert_eq!(h.get("x-request-id").unwrap(), "r1");
+    }
+
+    #[test]
+    fn s3_forwards_the_decided_authority_as_host_even_when_the_client_sent_none() {
+        // An h2 request has no Host header: the upstream must still see the decided one.
+        let mut h = HeaderMap::new();
+        set_forwarded_keep_host(
+            &mut h,
+            &HeaderValue::from_static("10.0.0.1"),
+            "http",
+            "Lab.s3.test:9000",
+            &HeaderValue::from_static("r1"),
+        )
+        .unwrap();
+        assert_eq!(h.get("host").unwrap(), "Lab.s3.test:9000");
+        assert_eq!(h.get_all("host").iter().count(), 1);
     }
 
     #[test]

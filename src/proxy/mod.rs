@@ -743,7 +743,9 @@ impl Refused {
 /// Checks every request must pass before it is routed: pure. Refuses what different parsers
 /// could read differently (several Host or Authorization headers, both Content-Length and
 /// Transfer-Encoding, an absolute-form target naming another host, a TLS name that disagrees
-/// with Host, method overrides, bodies on GET/HEAD). Returns the authority to route on.
+/// with Host, method overrides, bodies on GET/HEAD, a Host that is not text). Returns the
+/// authority to route on and forward: the Host line, or without one the request target's
+/// (h2's `:authority`, an absolute-form target); neither is refused.
 pub fn check_framing(
     sni: Option<&str>,
     method: &Method,
@@ -758,6 +760,15 @@ pub fn check_framing(
             "request.malformed",
             "the request has several Host headers".into(),
             host_header.unwrap_or(""),
+            None,
+        ));
+    }
+    if headers.contains_key(header::HOST) && host_header.is_none() {
+        return Err(refuse(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the Host header is not a readable authority".into(),
+            "",
             None,
         ));
     }
@@ -818,7 +829,8 @@ pub fn check_framing(
                     None,
                 ));
             }
-            a.as_str()
+            // The Host line is what an HTTP/1.1 client signs and what is forwarded.
+            h
         }
         (Some(a), None) => a.as_str(),
         (None, Some(h)) => h,
@@ -1149,19 +1161,31 @@ async fn forward(
     // Decided on the request as the client sent it: stripping hop-by-hop headers below
     // removes Transfer-Encoding, which would hide a chunked body.
     let bodiless = pipelinable(&parts.method, &parts.headers) && body.is_empty();
-    let completion = x.completion();
-    let gate = continue_gate(&parts);
-    let body = body.into_upstream(&completion, gate.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    set_forwarded(
+    // Host is the workspace's upstream authority, set here rather than left to the HTTP
+    // client, so every client (pooled, upgrade, pipelined) sends the same one.
+    if set_forwarded(
         &mut parts.headers,
         &x.conn.peer_ip,
         if x.conn.tls { "https" } else { "http" },
         &x.host,
+        &workspace.upstream.authority,
         &x.request_id,
-    );
+    )
+    .is_err()
+    {
+        return refusal_response(
+            Refusal::BadRequest,
+            "request.malformed",
+            "the upstream's authority cannot be sent as Host",
+            &x.request_id,
+        );
+    }
+    let completion = x.completion();
+    let gate = continue_gate(&parts);
+    let body = body.into_upstream(&completion, gate.clone());
     let mut upstream_req = Request::from_parts(parts, body);
     open_on_continue(&mut upstream_req, &gate);
 
@@ -1182,12 +1206,9 @@ async fn forward(
         Some(pipeline) => {
             let (mut parts, body) = upstream_req.into_parts();
             drop(body);
-            // Origin-form on the wire, and the Host the upstream expects.
+            // Origin-form on the wire; Host is already pinned above.
             if let Some(pq) = parts.uri.path_and_query().cloned() {
                 parts.uri = Uri::from(pq);
-            }
-            if let Ok(host) = HeaderValue::from_str(&workspace.upstream.authority) {
-                parts.headers.insert(header::HOST, host);
             }
             tokio::time::timeout(
                 x.gw.upstream_timeout,

@@ -1,7 +1,9 @@
 //! The S3 data path: parse bucket, key and operation; attribute the signature's access key
 //! (or, for temporary credentials, the client's network); inspect the few bucket-configuration bodies the rules depend
-//! on; decide with the bucket rules; record; and forward *unchanged* — the client's Host, raw
-//! path, query, every header and the body — because any change breaks the SigV4 signature.
+//! on; decide with the bucket rules; record; and forward *unchanged* — the Host the client
+//! signed (pinned: the authority the request was decided on, also when the client sent it
+//! only as h2's `:authority` or an absolute-form target), raw path, query, every header and
+//! the body — because any change breaks the SigV4 signature.
 
 use std::time::Instant;
 
@@ -35,6 +37,8 @@ pub struct S3Record {
     pub access_key: Option<(String, &'static str, bool)>,
     /// The caller's workspace (from its key or its network).
     pub workspace: Option<String>,
+    /// The keys a `DeleteObjects` names.
+    pub keys: Option<Vec<String>>,
 }
 
 impl S3Record {
@@ -43,6 +47,7 @@ impl S3Record {
             bucket: self.bucket.as_deref(),
             key: self.key.as_deref(),
             copy_source: self.copy_source.as_deref(),
+            keys: self.keys.as_deref(),
         }
     }
 
@@ -157,16 +162,25 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
     // ---- the few bodies the bucket rules read ----
     let (parts, incoming) = req.into_parts();
     let workspace = caller.workspace.as_deref();
+    let mut class = class;
+    // An ACL body the headers do not announce (h2 need not send Content-Length).
+    if class.public_grant.is_none()
+        && matches!(class.action.name, "PutObjectAcl" | "PutBucketAcl")
+        && !http_body::Body::is_end_stream(&incoming)
+    {
+        class.public_grant =
+            Some("it sets an access control list from its body; set x-amz-acl: private instead");
+    }
     if !matches!(
         class.action.name,
-        "PutBucketLifecycleConfiguration" | "PutBucketVersioning"
+        "PutBucketLifecycleConfiguration" | "PutBucketVersioning" | "DeleteObjects"
     ) {
         return decide_and_forward(
             x,
             s3,
             class,
             workspace,
-            None,
+            (None, None),
             parts,
             ForwardBody::Stream(incoming),
         )
@@ -185,6 +199,37 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
             _ => None,
         }
     };
+    if class.action.name == "DeleteObjects" {
+        // Decided per key, so the keys must be read exactly as S3 will read them; the body
+        // is then forwarded byte for byte (its hash may be signed, Content-MD5 or an
+        // x-amz-checksum-* must still verify).
+        let keys = match bytes.as_deref().map(s3_body::delete_keys) {
+            Some(Ok(keys)) => keys,
+            Some(Err(why)) => {
+                return x
+                    .refuse(
+                        Refusal::BadRequest,
+                        "request.malformed",
+                        format!("the DeleteObjects body cannot be read unambiguously: {why}"),
+                    )
+                    .await
+            }
+            None => {
+                return x
+                    .refuse(
+                        Refusal::BadRequest,
+                        "request.malformed",
+                        "the DeleteObjects body could not be read (encoded, larger than 1 MiB or too slow)",
+                    )
+                    .await
+            }
+        };
+        if let Some(record) = x.s3.as_mut() {
+            record.keys = Some(keys.clone());
+        }
+        let body = ForwardBody::Buffered(bytes.unwrap_or_default());
+        return decide_and_forward(x, s3, class, workspace, (None, Some(&keys)), parts, body).await;
+    }
     let retention = class
         .bucket
         .as_deref()
@@ -199,7 +244,7 @@ pub(super) async fn pipeline(x: &mut Exchange<'_>, req: Request<Incoming>) -> Re
         Some(b) => s3_body::lifecycle_keeps_retention(b, retention),
     };
     let body = ForwardBody::Buffered(bytes.unwrap_or_default());
-    decide_and_forward(x, s3, class, workspace, Some(verdict), parts, body).await
+    decide_and_forward(x, s3, class, workspace, (Some(verdict), None), parts, body).await
 }
 
 async fn decide_and_forward(
@@ -207,7 +252,7 @@ async fn decide_and_forward(
     s3: &super::S3Gateway,
     class: s3c::S3Classification,
     workspace: Option<&str>,
-    config_body: Option<ConfigVerdict>,
+    (config_body, delete_keys): (Option<ConfigVerdict>, Option<&[String]>),
     mut parts: http::request::Parts,
     body: ForwardBody,
 ) -> Response<ProxyBody> {
@@ -229,6 +274,8 @@ async fn decide_and_forward(
         config_body,
         list_prefix: list_prefix.as_deref(),
         object_lock: class.object_lock,
+        delete_keys,
+        public_grant: class.public_grant,
     };
     let Some(principal) = x.principal.clone() else {
         return x
@@ -270,18 +317,29 @@ async fn decide_and_forward(
             &x.request_id,
         );
     };
-    let completion = x.completion();
-    let gate = continue_gate(&parts);
-    let upstream_body = body.into_upstream(&completion, gate.clone());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers, false);
-    set_forwarded_keep_host(
+    if set_forwarded_keep_host(
         &mut parts.headers,
         &x.conn.peer_ip,
         if x.conn.tls { "https" } else { "http" },
+        &x.host,
         &x.request_id,
-    );
+    )
+    .is_err()
+    {
+        return refusal_response_in(
+            Dialect::S3,
+            Refusal::BadRequest,
+            "request.malformed",
+            "the request's authority cannot be forwarded as Host",
+            &x.request_id,
+        );
+    }
+    let completion = x.completion();
+    let gate = continue_gate(&parts);
+    let upstream_body = body.into_upstream(&completion, gate.clone());
     let mut upstream_req = Request::from_parts(parts, upstream_body);
     open_on_continue(&mut upstream_req, &gate);
     let sent = Instant::now();

@@ -655,6 +655,35 @@ def test_temporary_credentials_of_no_configured_key_are_denied(boto, up: MotoSer
     expect_deny(trail, "PutObject", LAB, f"{uid}/t.txt")
 
 
+def test_cli_public_grants_are_refused_and_never_reach_the_upstream(aws: AwsCli, boto, up: MotoServer,
+                                                                     trail: Trail, keys, uid: str,
+                                                                     tmp_path: Path) -> None:
+    """`aws s3 cp --acl public-read` and `aws s3api put-object-acl --acl public-read` would make a
+    lab object readable by anyone straight from S3: refused in S3's XML shape naming
+    buckets.public_grant, recorded, never forwarded. boto3's grant to AllUsers too."""
+    lab = keys["lab"]
+    src = tmp_path / "f.csv"
+    src.write_bytes(b"lab\n")
+    key = f"{uid}/f.csv"
+    up.reset_recording()
+    res = aws.run(["s3", "cp", str(src), f"s3://{LAB}/{key}", "--acl", "public-read"], lab, cwd=tmp_path)
+    assert_cli_access_denied(res, "PutObject")
+    assert "(rule buckets.public_grant)" in res.stderr, str(res)
+    res = aws.run(["s3api", "put-object-acl", "--bucket", LAB, "--key", key, "--acl", "public-read"], lab)
+    assert_cli_access_denied(res, "PutObjectAcl")
+    assert "(rule buckets.public_grant)" in res.stderr, str(res)
+    err = client_error(lambda: boto(lab).put_object(
+        Bucket=LAB, Key=f"{uid}/g.csv", Body=b"x", GrantRead='uri="http://acs.amazonaws.com/groups/global/AllUsers"'))
+    assert_boto_denied(err)
+    assert_nothing_upstream(up)
+    for operation in ("PutObject", "PutObjectAcl"):
+        expect_deny(trail, operation, LAB, key, lab, rule_prefix="buckets.public_grant")
+    # An owner-only ACL passes.
+    res = aws.run(["s3", "cp", str(src), f"s3://{LAB}/{key}", "--acl", "bucket-owner-full-control"], lab,
+                  cwd=tmp_path)
+    assert res.returncode == 0, str(res)
+
+
 # ---------------------------------------------------------------------------------------------
 # The raw bucket under an approved exception
 # ---------------------------------------------------------------------------------------------
@@ -699,6 +728,65 @@ def test_cli_copies_a_raw_object_under_a_read_only_exception(aws: AwsCli, gw: Ga
         assert not (tmp_path / "x").exists()
     finally:
         res = workflow.run(approvers[0], "revoke", exception, "--comment", "feed reconciled")
+        assert res.returncode == 0, res.stderr
+
+
+def test_cli_rm_recursive_under_a_write_exception_deletes_per_key(aws: AwsCli, boto, gw: Gateway, ca: Path,
+                                                                   up: MotoServer, trail: Trail, keys,
+                                                                   minter: TokenMinter, gateway_binary: Path,
+                                                                   tmp_path: Path, uid: str) -> None:
+    """boto3's `delete_objects` under an approved `--ops list,write` exception for a prefix: the
+    gateway decides on every key of its body (all under the prefix: let through, each key
+    recorded, the body still verifying its Content-MD5 / checksum at moto), and `aws s3 rm
+    --recursive` of the prefix works. A `delete_objects` naming one key outside the prefix is
+    refused whole and never reaches moto; both keys stay."""
+    lab = keys["lab"]
+    prefix = f"landing/{uid}/"
+    names = [f"{prefix}a.csv", f"{prefix}b/c d.csv", f"{prefix}e&f.csv"]
+    direct = up.client()
+    for name in names:
+        direct.put_object(Bucket=RAW, Key=name, Body=b"raw\n")
+    direct.put_object(Bucket=RAW, Key=f"pii/{uid}.csv", Body=b"pii\n")
+
+    workflow = s3harness.ExceptionsCli(gateway_binary, gw, ca, tmp_path / "approver-home")
+    res = workflow.run(minter.mint("alice@bank.example"), "request", "--kind", "raw-bucket",
+                       "--subject", str(lab.principal), "--bucket", RAW, "--prefix", prefix, "--ops", "list,write",
+                       "--reason", "clear a bad landing", "--ticket", "CHG-15", "--duration", "1h")
+    assert res.returncode == 0, res.stderr
+    exception = res.stdout.strip().splitlines()[-1]
+    approvers = [minter.mint(who, groups=[s3harness.EXCEPTION_APPROVERS])
+                 for who in ("carol@bank.example", "erin@bank.example")]
+    try:
+        for approver in approvers:
+            res = workflow.run(approver, "approve", exception, "--comment", "ok")
+            assert res.returncode == 0, res.stderr
+        up.reset_recording()
+        batch = {"Objects": [{"Key": n} for n in names]}
+        out = boto(lab).delete_objects(Bucket=RAW, Delete=batch)
+        assert sorted(d["Key"] for d in out.get("Deleted", [])) == sorted(names), out
+        assert not any(s3harness.object_exists(up, RAW, n) for n in names)
+        (rec,) = expect_allow(trail, "DeleteObjects", RAW, None, lab)
+        assert dig(rec, "decision.exception") == exception, s3_summary([rec])
+        assert dig(rec, "asset.keys") == names, s3_summary([rec])
+
+        # The AWS CLI (v1 deletes key by key; v2 in batches) under the same exception.
+        for name in names:
+            direct.put_object(Bucket=RAW, Key=name, Body=b"raw\n")
+        res = aws.run(["s3", "rm", "--recursive", f"s3://{RAW}/{prefix}"], lab, cwd=tmp_path)
+        assert res.returncode == 0, str(res)
+        assert not any(s3harness.object_exists(up, RAW, n) for n in names)
+
+        direct.put_object(Bucket=RAW, Key=names[0], Body=b"raw\n")
+        up.reset_recording()
+        batch = {"Objects": [{"Key": names[0]}, {"Key": f"pii/{uid}.csv"}]}
+        err = client_error(lambda: boto(lab).delete_objects(Bucket=RAW, Delete=batch))
+        assert_boto_denied(err)
+        assert_nothing_upstream(up)
+        assert s3harness.object_exists(up, RAW, names[0]) and s3harness.object_exists(up, RAW, f"pii/{uid}.csv")
+        rec = expect_deny(trail, "DeleteObjects", RAW, None, lab, rule_prefix="buckets.raw_blocked")
+        assert dig(rec, "asset.keys") == [names[0], f"pii/{uid}.csv"], s3_summary([rec])
+    finally:
+        res = workflow.run(approvers[0], "revoke", exception, "--comment", "done")
         assert res.returncode == 0, res.stderr
 
 

@@ -537,3 +537,44 @@ fn object_lock_headers_are_noted_on_any_operation() {
     ));
     assert!(!classify_with(&Method::PUT, "/buk-aiml-lab/x", "-"));
 }
+
+#[test]
+fn grants_beyond_the_bucket_owner_are_named() {
+    let put = Action::new("PutObject", crate::classify::Category::Upload);
+    let put_acl = Action::new("PutObjectAcl", crate::classify::Category::Upload);
+    let with = |pairs: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    };
+    for ok in [
+        vec![],
+        vec![("x-amz-acl", "private")],
+        vec![("x-amz-acl", "bucket-owner-full-control")],
+        vec![("content-length", "0"), ("x-amz-acl", "private")],
+    ] {
+        assert_eq!(public_grant(&put_acl, &with(&ok)), None, "{ok:?}");
+    }
+    for refused in [
+        vec![("x-amz-acl", "public-read")],
+        vec![("x-amz-acl", "public-read-write")],
+        vec![("x-amz-acl", "authenticated-read")],
+        vec![("x-amz-acl", "bucket-owner-read")],
+        vec![("x-amz-acl", "Private")],
+        vec![("x-amz-acl", "private"), ("x-amz-acl", "public-read")],
+        vec![(
+            "x-amz-grant-read",
+            "uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"",
+        )],
+        vec![("x-amz-grant-full-control", "id=\"0123\"")],
+        vec![("x-amz-grant-write-acp", "emailAddress=\"x@example.com\"")],
+    ] {
+        assert!(public_grant(&put, &with(&refused)).is_some(), "{refused:?}");
+    }
+    // An ACL body on PutObjectAcl; a body on PutObject is just the object.
+    let body = with(&[("content-length", "300")]);
+    assert!(public_grant(&put_acl, &body).is_some());
+    assert_eq!(public_grant(&put, &body), None);
+}
