@@ -150,9 +150,10 @@ pub fn covers(scope: &Scope, workspace: &str, action: &Action, asset: Option<&As
 ///   included, and their tags.
 ///
 /// In no group: changes to who may reach an object (`PutObjectAcl`) or to its locks
-/// (retention, legal hold: data the bank could no longer delete); `DeleteObjects` and
-/// `PostObject`, whose keys are in a body the gateway does not read, so a prefix cannot bound
-/// them; `CreateSession`, whose credentials cover the whole bucket; the object's ACL,
+/// (retention, legal hold: data the bank could no longer delete); `DeleteObjects` as such
+/// (the data path reads its XML body and decides each key as a `DeleteObject`, so it is
+/// covered key by key, never as one operation); `PostObject`, whose key is in a form body the
+/// gateway does not read, so a prefix cannot bound it; `CreateSession`, whose credentials cover the whole bucket; the object's ACL,
 /// retention and legal-hold settings, which reading the data does not need; and every
 /// bucket-level setting.
 fn raw_bucket_op(action: &Action) -> Option<Op> {
