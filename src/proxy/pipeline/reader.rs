@@ -334,6 +334,11 @@ fn parse_head(buf: &mut BytesMut) -> Result<Parsed, &'static str> {
         buf.advance(len);
         return Ok(Parsed::Interim);
     }
+    // RFC 9110 §15 defines the classes 1xx to 5xx; `http` would take anything up to 999,
+    // which no client can act on.
+    if code >= 600 {
+        return Err("status code outside 1xx to 5xx");
+    }
     let status = StatusCode::from_u16(code).map_err(|_| "invalid status code")?;
     let version = match version {
         Some(0) => Version::HTTP_10,

@@ -223,6 +223,29 @@ fn interim_heads_are_skipped_and_101_is_a_fault() {
 }
 
 #[test]
+fn a_status_outside_the_http_classes_is_a_fault() {
+    // Found by the pipeline_reader fuzz target: `http` accepts 600 to 999.
+    for status in ["600", "999"] {
+        let raw = format!("HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            events(raw.as_bytes(), &[GET]),
+            ["fault: status code outside 1xx to 5xx"]
+        );
+    }
+    let crash = include_bytes!("../../../../fuzz/corpus/pipeline_reader/crash-status-600");
+    let (chunk, rest) = crash.split_first().expect("input");
+    let answers: Vec<_> = rest
+        .split(|b| *b == 0xFF)
+        .filter_map(|part| part.split_first())
+        .map(|(control, answer)| {
+            let kind = if control & 1 == 1 { HEAD } else { GET };
+            (kind, answer.to_vec())
+        })
+        .collect();
+    assert!(one_at_a_time(&answers, &[], usize::from(chunk % 97) + 1).is_ok());
+}
+
+#[test]
 fn an_announced_close_ends_reading_and_ignores_what_follows() {
     assert_eq!(
         events(
