@@ -245,3 +245,295 @@ async fn every_fixture_row_the_classifier_accepts_is_routed_alike_by_s3s() {
     assert!(compared > 150, "only {compared} rows compared");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// One generated request: what a client could send, tricks included.
+#[derive(Debug, Clone)]
+struct Case {
+    method: Method,
+    /// `None`: no `Host` at all (through the gateway: HTTP/1.1 without `Host`).
+    authority: Option<String>,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Case {
+    fn header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in &self.headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+}
+
+mod generate {
+    use super::Case;
+    use http::Method;
+    use proptest::prelude::*;
+
+    /// Key pieces: encodings, dot segments, `//`, `+`, unicode, and bytes that stop a path.
+    const PIECES: &[&str] = &[
+        "data",
+        "x.csv",
+        "/",
+        "//",
+        ".",
+        "..",
+        "%2e",
+        "%2E%2E",
+        "%2F",
+        "%2f",
+        "%2541",
+        "%25",
+        "%41",
+        "%C3%A9",
+        "%E2%82%AC",
+        "%F0%9F%98%80",
+        "+",
+        "%2B",
+        "%20",
+        ";a=b",
+        "~",
+        "%3F",
+        "%23",
+        "a%2Fb",
+        "%00",
+        "%7F",
+        "%FF",
+        "%zz",
+    ];
+
+    /// Bucket names: valid, dotted, and not quite (upper case, too short, IP, alias, `..`).
+    pub const BUCKETS: &[&str] = &[
+        "buk-aiml-lab",
+        "buk-raw-landing",
+        "my.dotted.bucket",
+        "b01",
+        "BUK-AIML-LAB",
+        "ab",
+        "192.168.1.1",
+        "xn--bucket",
+        "lab-s3alias",
+        "a..b",
+        "buk_underscore",
+        "-buk",
+    ];
+
+    /// Sub-resources and parameters, in both levels' vocabularies, some misspelt.
+    const QUERY: &[&str] = &[
+        "acl",
+        "ACL",
+        "acl=",
+        "tagging",
+        "uploads",
+        "uploadId=u1",
+        "partNumber=1",
+        "versionId=v1",
+        "versions",
+        "list-type=2",
+        "delete",
+        "delete=",
+        "cors",
+        "policy",
+        "lifecycle",
+        "location",
+        "restore",
+        "select",
+        "select-type=2",
+        "retention",
+        "legal-hold",
+        "attributes",
+        "torrent",
+        "prefix=x",
+        "x-id=GetObject",
+        "encryption",
+        "versioning",
+        "website",
+        "logging",
+        "notification",
+        "replication",
+        "requestPayment",
+        "ownershipControls",
+        "publicAccessBlock",
+        "policyStatus",
+        "object-lock",
+        "accelerate",
+        "analytics",
+        "intelligent-tiering",
+        "inventory",
+        "metrics",
+        "id=a",
+        "session",
+        "metadataTable",
+        "renameObject",
+        "continuation-token=t",
+        "max-keys=1",
+        "a+b=c d",
+        "response-content-type=x",
+    ];
+
+    pub fn key() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..6).prop_map(|p| p.concat())
+    }
+
+    fn query() -> impl Strategy<Value = Option<String>> {
+        prop::option::weighted(
+            0.6,
+            prop::collection::vec(prop::sample::select(QUERY), 1..3).prop_map(|q| q.join("&")),
+        )
+    }
+
+    /// `(authority, path prefix)`: the bucket in the host (virtual-hosted, access point) or
+    /// in the path (path style), in the spellings clients and attackers use.
+    fn host_form(bucket: &'static str) -> impl Strategy<Value = (String, String)> {
+        let path = format!("/{bucket}");
+        prop_oneof![
+            Just(("s3.eu-west-2.amazonaws.com".to_owned(), path.clone())),
+            Just(("S3.EU-WEST-2.amazonaws.com:443".to_owned(), path.clone())),
+            Just(("localhost:4566".to_owned(), path.clone())),
+            Just(("127.0.0.1:5000".to_owned(), path.clone())),
+            Just(("[::1]:5000".to_owned(), path.clone())),
+            Just((
+                "bucket.vpce-1a2b3c4d-5e6f.s3.eu-west-2.vpce.amazonaws.com".to_owned(),
+                path
+            )),
+            Just((
+                format!("{bucket}.s3.eu-west-2.amazonaws.com"),
+                String::new()
+            )),
+            Just((
+                format!("{bucket}.S3.EU-WEST-2.AMAZONAWS.COM:443"),
+                String::new()
+            )),
+            Just((
+                format!("{bucket}.s3.eu-west-2.amazonaws.com."),
+                String::new()
+            )),
+            Just((format!("{bucket}.localhost:4566"), String::new())),
+            Just((
+                format!("{bucket}.bucket.vpce-1a2b3c4d-5e6f.s3.eu-west-2.vpce.amazonaws.com"),
+                String::new()
+            )),
+            Just((
+                "lab-ap-123456789012.s3-accesspoint.eu-west-2.amazonaws.com".to_owned(),
+                String::new()
+            )),
+            Just((
+                format!("{bucket}.s3.eu-central-1.amazonaws.com"),
+                String::new()
+            )),
+            Just(("evil.example".to_owned(), String::new())),
+        ]
+    }
+
+    fn copy_source() -> impl Strategy<Value = Option<String>> {
+        let source = (
+            prop::sample::select(BUCKETS),
+            key(),
+            prop::sample::select(vec![
+                "",
+                "/",
+                "?versionId=v1",
+                "?versionId=",
+                "%3FversionId%3Dv1",
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(bucket, key, tail, slash)| {
+                let lead = if slash { "/" } else { "" };
+                if tail == "/" {
+                    return format!(
+                        "arn:aws:s3:eu-west-2:123456789012:accesspoint/lab-ap/object/{key}x"
+                    );
+                }
+                format!("{lead}{bucket}/{key}x{tail}")
+            });
+        prop::option::weighted(0.25, source)
+    }
+
+    pub fn case() -> impl Strategy<Value = Case> {
+        (
+            prop::sample::select(vec![
+                Method::GET,
+                Method::HEAD,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+            ]),
+            prop::sample::select(BUCKETS).prop_flat_map(host_form),
+            prop::option::weighted(0.7, key()),
+            query(),
+            copy_source(),
+        )
+            .prop_map(|(method, (authority, prefix), key, query, copy)| {
+                let mut target = match key {
+                    Some(key) => format!("{prefix}/{key}"),
+                    None if prefix.is_empty() => "/".to_owned(),
+                    None => prefix,
+                };
+                if let Some(query) = query {
+                    target.push('?');
+                    target.push_str(&query.replace(' ', "%20"));
+                }
+                let mut headers = Vec::new();
+                if let Some(copy) = copy {
+                    headers.push(("x-amz-copy-source".to_owned(), copy));
+                }
+                Case {
+                    method,
+                    authority: Some(authority),
+                    target,
+                    headers,
+                }
+            })
+    }
+}
+
+#[test]
+fn generated_requests_the_classifier_accepts_are_routed_alike_by_s3s() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let (hosts, oracle_host) = fixture_hosts();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let s3s = InProcess::new(oracle_host);
+    let mut runner = TestRunner::new(Config {
+        cases: 3000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let compared = std::cell::Cell::new(0u32);
+    let result = runner.run(&generate::case(), |case| {
+        let headers = case.header_map();
+        let authority = case.authority.as_deref().unwrap_or_default();
+        let Some(ours) = ours(&hosts, &case.method, authority, &case.target, &headers) else {
+            return Ok(());
+        };
+        let req = s3s_request(
+            &case.method,
+            case.authority.as_deref(),
+            &case.target,
+            &headers,
+        )
+        .ok_or_else(|| TestCaseError::fail(format!("we read an invalid request: {case:?}")))?;
+        let theirs = runtime.block_on(s3s.route(req));
+        compared.set(compared.get() + 1);
+        let query = case.target.split_once('?').map_or("", |(_, q)| q);
+        if known_difference(&ours, &theirs, &case.method, query, &headers).is_some() {
+            return Ok(());
+        }
+        match disagreement(&ours, &theirs) {
+            Some(why) => Err(TestCaseError::fail(format!("{case:?}: {why}"))),
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // Most generated requests are refused (that is the point of the tricks); enough must be
+    // read for the comparison to mean something.
+    assert!(compared.get() > 300, "only {} compared", compared.get());
+}
