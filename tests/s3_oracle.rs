@@ -246,14 +246,29 @@ async fn every_fixture_row_the_classifier_accepts_is_routed_alike_by_s3s() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// One generated request: what a client could send, tricks included.
+/// One request: what a client could send, tricks included.
 #[derive(Debug, Clone)]
 struct Case {
     method: Method,
-    /// `None`: no `Host` at all (through the gateway: HTTP/1.1 without `Host`).
+    /// The authority the request names (and is signed for).
     authority: Option<String>,
     target: String,
     headers: Vec<(String, String)>,
+    /// How it carries the authority through the gateway (in-process: always as `Host`).
+    form: Form,
+}
+
+/// How a request names its authority on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// HTTP/1.1, origin-form target, `Host` header.
+    Host,
+    /// HTTP/1.1, absolute-form target (`GET http://authority/path`), no `Host` line.
+    Absolute,
+    /// HTTP/2, `:authority` only, no `host` header.
+    H2,
+    /// HTTP/1.1, origin-form target, no `Host` at all: no authority to decide on.
+    NoHost,
 }
 
 impl Case {
@@ -536,6 +551,7 @@ mod generate {
                     authority: Some(authority),
                     target,
                     headers,
+                    form: super::Form::Host,
                 }
             })
     }
@@ -728,26 +744,60 @@ fn sign(method: &Method, host: &str, target: &str) -> (String, String) {
     (stamp, auth)
 }
 
-/// The raw HTTP/1.1 request for `case`, signed for the host it names; `id` as
-/// `x-request-id`. Without an authority, an absolute-form target and no `Host` line.
-fn raw_request(case: &Case, gateway_port: u16, id: &str) -> String {
-    let authority = case
-        .authority
-        .clone()
-        .unwrap_or_else(|| format!("buk-aiml-lab.s3.test:{gateway_port}"));
+/// The raw HTTP/1.1 request for `case`, signed for the authority it names; `id` as
+/// `x-request-id`. [`Form::Absolute`]: an absolute-form target and no `Host` line.
+fn raw_request(case: &Case, id: &str) -> String {
+    let authority = case.authority.clone().unwrap_or_default();
     let (stamp, auth) = sign(&case.method, &authority, &case.target);
     let mut extra = String::new();
     for (name, value) in &case.headers {
         extra.push_str(&format!("{name}: {value}\r\n"));
     }
-    let (line_target, host_line) = match &case.authority {
-        Some(a) => (case.target.clone(), format!("Host: {a}\r\n")),
-        None => (format!("http://{authority}{}", case.target), String::new()),
+    let (line_target, host_line) = match case.form {
+        Form::Absolute => (format!("http://{authority}{}", case.target), String::new()),
+        Form::NoHost => (case.target.clone(), String::new()),
+        _ => (case.target.clone(), format!("Host: {authority}\r\n")),
     };
     format!(
         "{} {line_target} HTTP/1.1\r\n{host_line}Authorization: {auth}\r\nx-amz-date: {stamp}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nx-request-id: {id}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n",
         case.method
     )
+}
+
+/// Sends `case` over HTTP/2 (prior knowledge, cleartext): `:authority` only, no `host`
+/// header. The answer in the shape [`status_code`] and [`error_code`] read.
+async fn send_h2(port: u16, case: &Case, id: &str) -> String {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let authority = case.authority.clone().unwrap_or_default();
+    let (stamp, auth) = sign(&case.method, &authority, &case.target);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(case.method.clone())
+        .uri(format!("http://{authority}{}", case.target))
+        .header("authorization", auth)
+        .header("x-amz-date", stamp)
+        .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+        .header("x-request-id", id);
+    for (name, value) in &case.headers {
+        req = req.header(name.as_str(), value.as_str());
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            format!("HTTP/2 {status}\r\n\r\n{}", String::from_utf8_lossy(&body))
+        }
+        Err(e) => format!("HTTP/2 000 {e}"),
+    }
 }
 
 /// `HTTP/1.1 501 Not Implemented` → `501 Not Implemented`, as `InProcess::route` says it.
@@ -772,7 +822,10 @@ async fn replay(cases: &[Case], min_forwarded: usize) -> Vec<String> {
     let mut sent = Vec::new();
     for (n, case) in cases.iter().enumerate() {
         let id = format!("oracle-{n}");
-        let answer = common::s3::send(&h, raw_request(case, h.port, &id)).await;
+        let answer = match case.form {
+            Form::H2 => send_h2(h.port, case, &id).await,
+            _ => common::s3::send(&h, raw_request(case, &id)).await,
+        };
         sent.push((id, case, answer));
     }
     let trail = h.trail();
@@ -892,6 +945,7 @@ fn fixed_corpus(port: u16) -> Vec<Case> {
                 authority: Some(authority),
                 target,
                 headers: headers.clone(),
+                form: Form::Host,
             });
         }
     }
@@ -923,5 +977,68 @@ async fn generated_requests_the_gateway_forwards_are_routed_by_s3s_as_recorded()
         .map(|_| strategy.new_tree(&mut runner).unwrap().current())
         .collect();
     let failures = replay(&cases, 150).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Requests without a `Host` line — HTTP/1.1 absolute-form, HTTP/2 `:authority` only — in
+/// path-style, virtual-hosted and access-point forms, including issue 15's bypass shape (a
+/// lab-bucket host with another bucket's name leading the path). s3s must route each as the
+/// gateway decided, which holds only if the gateway forwards the decided authority as `Host`.
+#[tokio::test]
+#[ignore = "needs the Host-forwarding fix (issue 15 point 1, src/proxy): enable once merged"]
+async fn requests_without_host_are_routed_by_s3s_as_the_gateway_decided() {
+    let mut cases = Vec::new();
+    for form in [Form::Absolute, Form::H2] {
+        for (authority, target) in [
+            ("localhost:4566", "/buk-aiml-lab/data/x.csv"),
+            ("localhost:4566", "/buk-aiml-lab?list-type=2"),
+            ("buk-aiml-lab.s3.test:4566", "/data/x.csv"),
+            (
+                "buk-aiml-lab.s3.test:4566",
+                "/buk-raw-landing/pii/customers.csv",
+            ),
+            ("buk-aiml-lab.s3.test", "/buk-raw-landing?delete"),
+            ("BUK-AIML-LAB.S3.TEST", "/?acl"),
+            (
+                "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com",
+                "/buk-aiml-lab/data/x.csv",
+            ),
+        ] {
+            for method in [Method::GET, Method::PUT, Method::DELETE] {
+                cases.push(Case {
+                    method,
+                    authority: Some(authority.to_owned()),
+                    target: target.to_owned(),
+                    headers: Vec::new(),
+                    form,
+                });
+            }
+        }
+    }
+    let failures = replay(&cases, 10).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A request that names no authority at all (HTTP/1.1 origin-form, no `Host`) has nothing
+/// to be decided on: the gateway refuses it and nothing reaches s3s.
+#[tokio::test]
+async fn requests_naming_no_authority_never_reach_s3s() {
+    let cases: Vec<Case> = [
+        "/buk-aiml-lab/data/x.csv",
+        "/buk-raw-landing/pii/customers.csv",
+        "/",
+    ]
+    .into_iter()
+    .flat_map(|target| {
+        [Method::GET, Method::PUT].map(|method| Case {
+            method,
+            authority: Some("buk-aiml-lab.s3.test".to_owned()),
+            target: target.to_owned(),
+            headers: Vec::new(),
+            form: Form::NoHost,
+        })
+    })
+    .collect();
+    let failures = replay(&cases, 0).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
