@@ -18,6 +18,8 @@ use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use gatehouse::classify::s3::{classify, target, S3Hosts};
+use http::{HeaderMap, Method};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::host::{S3Host, VirtualHost};
 use s3s::path::S3Path;
@@ -314,4 +316,103 @@ impl InProcess {
             .map_or("", |(code, _)| code);
         Err(format!("{status} {code}"))
     }
+}
+
+// ---- the comparison ----
+
+/// Operations the gateway and s3s name differently: `(ours, s3s's, why)`. Every row is
+/// deliberate: a pair not listed here, with different names, is a disagreement. Empty: s3s
+/// 0.14.1 uses AWS's operation names, as we do, for every operation both know.
+pub const SAME_OPERATION: &[(&str, &str, &str)] = &[];
+
+/// Where s3s 0.14.1 reads a request differently from S3 (and from us) for a reason of its
+/// own, the comparison names the reason instead of failing. Each is checked narrowly: the
+/// exact pair of readings, nothing broader.
+pub fn known_difference(
+    ours: &Routed,
+    theirs: &Reading,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+) -> Option<&'static str> {
+    let theirs_op = theirs.as_ref().map(|r| r.op.as_str());
+    let refused = |code: &str| matches!(theirs, Err(e) if e.ends_with(code));
+    match ours.op.as_str() {
+        // s3s's S3 model predates the S3 Metadata configuration API (2025): it does not know
+        // `metadataConfiguration` and ignores it, reading the bare bucket operation. AWS S3
+        // knows it; an older S3-compatible upstream would list (GET) or delete the bucket
+        // (DELETE) — reported on issue 15.
+        "GetBucketMetadataConfiguration" if theirs_op == Ok("ListObjects") => {
+            Some("s3s predates GetBucketMetadataConfiguration: reads ListObjects")
+        }
+        "DeleteBucketMetadataConfiguration" if theirs_op == Ok("DeleteBucket") => {
+            Some("s3s predates DeleteBucketMetadataConfiguration: reads DeleteBucket")
+        }
+        "CreateBucketMetadataConfiguration" if refused("NotImplemented") => {
+            Some("s3s predates CreateBucketMetadataConfiguration: refuses it")
+        }
+        // AWS documents `POST /key?select&select-type=2`; s3s routes only that, and we read
+        // `?select` alone as SelectObjectContent too. Lenient but not a bypass: the strictest
+        // class an object POST has (read_data) and the server refuses the request.
+        "SelectObjectContent"
+            if *method == Method::POST
+                && !query.split('&').any(|p| p == "select-type=2")
+                && refused("NotImplemented") =>
+        {
+            Some("`?select` without `select-type=2`: s3s refuses it")
+        }
+        // `Multipart/Form-Data ;boundary=y` is a valid media type (RFC 9110 allows spaces
+        // before `;`), which we read as a form upload; s3s's MIME parser does not, so it
+        // sees a bare `POST /bucket`, which it refuses. Not a bypass: refused upstream.
+        "PostObject"
+            if headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains(" ;"))
+                && refused("NotImplemented") =>
+        {
+            Some("s3s's MIME parser refuses whitespace before `;`")
+        }
+        _ => None,
+    }
+}
+
+/// Our reading, in the oracle's terms.
+pub fn ours(
+    hosts: &S3Hosts,
+    method: &Method,
+    authority: &str,
+    raw_target: &str,
+    headers: &HeaderMap,
+) -> Option<Routed> {
+    let (path, query) = match raw_target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (raw_target, None),
+    };
+    let target = target(hosts, authority, path).ok()?;
+    let class = classify(method, &target, query, headers).ok()?;
+    Some(Routed {
+        op: class.action.name.to_string(),
+        bucket: class.bucket,
+        key: class.key,
+        copy_source: class.copy_source.as_ref().map(|c| c.display()),
+        request_id: None,
+    })
+}
+
+/// `None` when the two readings agree; else what differs.
+pub fn disagreement(ours: &Routed, theirs: &Reading) -> Option<String> {
+    let theirs = match theirs {
+        Ok(theirs) => theirs,
+        Err(e) => return Some(format!("we read {ours:?}; s3s refused it: {e}")),
+    };
+    let same_op = ours.op == theirs.op
+        || SAME_OPERATION
+            .iter()
+            .any(|(a, b, _)| *a == ours.op && *b == theirs.op);
+    let same = same_op
+        && ours.bucket == theirs.bucket
+        && ours.key == theirs.key
+        && ours.copy_source == theirs.copy_source;
+    (!same).then(|| format!("we read {ours:?}; s3s routed {theirs:?}"))
 }
