@@ -377,7 +377,7 @@ mod generate {
             "127.0.0.1:4566",
         ],
         domains: &["s3.test"],
-        access_point: "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com",
+        access_point: super::LAB_ACCESS_POINT,
         odd: &[
             "{bucket}.localhost",
             "s3.test",
@@ -514,10 +514,17 @@ const LAB_SECRET: &str = "oracle-lab-secret-not-a-real-one";
 
 /// The `[s3]` endpoints of `common::s3::s3_options`, for s3s's host reading.
 const GATEWAY_HOSTS: &[&str] = &["localhost", "127.0.0.1", "*.s3.test"];
-const GATEWAY_ACCESS_POINTS: &[(&str, &str)] = &[(
-    "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com",
-    "buk-raw-landing",
-)];
+const GATEWAY_ACCESS_POINTS: &[(&str, &str)] = &[
+    (
+        "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com",
+        "buk-raw-landing",
+    ),
+    (LAB_ACCESS_POINT, "buk-aiml-lab"),
+];
+
+/// An access point on the lab bucket, added to `s3_options` so that requests in the
+/// access-point form are forwarded (the raw bucket's are refused to the lab key).
+const LAB_ACCESS_POINT: &str = "labap-123456789012.s3-accesspoint.us-east-1.amazonaws.com";
 
 /// s3s on a loopback port, verifying SigV4 for `LAB_KEY` and recording what it routed;
 /// `reached` is every request that arrived at all (its `x-request-id`), routed or not.
@@ -722,7 +729,10 @@ fn error_code(answer: &str) -> &str {
 async fn replay(cases: &[Case], min_forwarded: usize) -> Vec<String> {
     let upstream = start_upstream().await;
     let url = upstream.url.clone();
-    let h = common::s3::s3_harness_from(|_| common::s3::s3_options(&url, ""), |_| {}).await;
+    let extra = format!(
+        "\n[[s3.access_point]]\nhost = \"{LAB_ACCESS_POINT}\"\nbucket = \"buk-aiml-lab\"\n"
+    );
+    let h = common::s3::s3_harness_from(|_| common::s3::s3_options(&url, &extra), |_| {}).await;
     let mut sent = Vec::new();
     for (n, case) in cases.iter().enumerate() {
         let id = format!("oracle-{n}");
@@ -836,6 +846,7 @@ fn fixed_corpus(port: u16) -> Vec<Case> {
                 "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com".to_owned(),
                 "",
             ),
+            (LAB_ACCESS_POINT.to_owned(), ""),
         ] {
             let target = if prefix.is_empty() {
                 rest.clone()
@@ -862,7 +873,7 @@ async fn requests_the_gateway_forwards_are_routed_by_s3s_as_the_trail_records_th
     // that `replay` does not need (the Host names only have to match `[s3] hosts`).
     let cases = fixed_corpus(4566);
     assert!(cases.len() > 300, "only {} cases", cases.len());
-    let failures = replay(&cases, 200).await;
+    let failures = replay(&cases, 250).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -907,6 +918,8 @@ async fn requests_without_host_are_routed_by_s3s_as_the_gateway_decided() {
                 "rawap-123456789012.s3-accesspoint.us-east-1.amazonaws.com",
                 "/buk-aiml-lab/data/x.csv",
             ),
+            (LAB_ACCESS_POINT, "/data/x.csv"),
+            (LAB_ACCESS_POINT, "/buk-raw-landing/pii/customers.csv"),
         ] {
             for method in [Method::GET, Method::PUT, Method::DELETE] {
                 cases.push(Case {
