@@ -385,12 +385,11 @@ pub fn ours(
     raw_target: &str,
     headers: &HeaderMap,
 ) -> Option<Routed> {
-    let (path, query) = match raw_target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (raw_target, None),
-    };
-    let target = target(hosts, authority, path).ok()?;
-    let class = classify(method, &target, query, headers).ok()?;
+    // As the gateway reads it (`proxy::s3`): the path and query of the parsed request
+    // target, so a raw `#…` fragment is not part of either.
+    let uri: http::Uri = raw_target.parse().ok()?;
+    let target = target(hosts, authority, uri.path()).ok()?;
+    let class = classify(method, &target, uri.query(), headers).ok()?;
     Some(Routed {
         op: class.action.name.to_string(),
         bucket: class.bucket,
